@@ -1,0 +1,1 @@
+"""Demonstrations (expert training, Minari/robomimic datasets) and behavior cloning. (Built in issue #3.)"""

@@ -1,0 +1,58 @@
+"""Shared analytic references for the sampler tests.
+
+For Gaussian action data a ~ N(m, s²) (per dimension, independent of the observation) the optimal
+flow velocity and the optimal ε-prediction are known in closed form, so samplers can be checked
+against the data distribution without training anything.
+"""
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def gaussian_velocity(m: torch.Tensor, s: torch.Tensor):
+    """v*(x, t) = E[a − ε | x_t = x] for x_t = t·a + (1 − t)·ε, a ~ N(m, s²), ε ~ N(0, 1)."""
+
+    def v(x, t, obs):
+        t = t[:, None].double()
+        gain = (t * s**2 - (1 - t)) / (t**2 * s**2 + (1 - t) ** 2)
+        return (m + gain * (x.double() - t * m)).to(x.dtype)
+
+    return v
+
+
+def gaussian_epsilon(m: torch.Tensor, s: torch.Tensor, alphas_cumprod_fn):
+    """ε*(x, t) = E[ε | x] for x = sqrt(ᾱ)·a + sqrt(1 − ᾱ)·ε with ᾱ = alphas_cumprod_fn(t)."""
+
+    def eps(x, t, obs):
+        alpha = alphas_cumprod_fn(t.double())[:, None]
+        gain = (1 - alpha).sqrt() / (alpha * s**2 + 1 - alpha)
+        return (gain * (x.double() - alpha.sqrt() * m)).to(x.dtype)
+
+    return eps
+
+
+def point_mass_velocity(c: torch.Tensor):
+    """Optimal velocity when all data sit at c: v = (c − x)/(1 − t)."""
+
+    def v(x, t, obs):
+        return (c - x) / (1 - t[:, None])
+
+    return v
+
+
+@pytest.fixture
+def toy_model_fn():
+    """A fixed nonlinear, observation-dependent stand-in for a network: v(x, t, obs)."""
+    gen = torch.Generator().manual_seed(123)
+    D, O = 3, 2
+    W = torch.randn(D, D, generator=gen) * 0.5
+    C = torch.randn(O, D, generator=gen)
+    b = torch.randn(D, generator=gen)
+
+    def v(x, t, obs):
+        return torch.tanh(x @ W + obs @ C + t[:, None] * b) + 0.3 * x
+
+    v.D, v.O = D, O
+    return v
