@@ -23,14 +23,13 @@ from flowpolicy.samplers import Sampler
 
 class Agent:
     def __init__(self, policy: Policy, sampler: str | Sampler | None = None, K: int | None = None,
-                 seed: int | None = None, **sampler_params):
+                 seed: int = 0, **sampler_params):
         self.policy = policy.eval()
         self.K = int(K or policy.config.num_steps)
         self.sampler = sampler if isinstance(sampler, Sampler) else policy.make_sampler(sampler, self.K,
                                                                                        **sampler_params)
-        self.generator = torch.Generator(device=policy.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
+        # Even the deterministic ODE starts from random x_0; a seeded generator makes actions reproducible.
+        self.generator = torch.Generator(device=policy.device).manual_seed(seed)
         self.metadata: dict = {}
         self._history: torch.Tensor | None = None  # [N, n_obs, obs_dim] raw observations
         self._queue: torch.Tensor | None = None  # [N, act_steps, A] raw actions
@@ -119,7 +118,7 @@ class Agent:
 
 
 def load_agent(path: str | os.PathLike, sampler: str | None = None, K: int | None = None,
-               device: str = "cpu", seed: int | None = None, **sampler_params) -> Agent:
+               device: str = "cpu", seed: int = 0, **sampler_params) -> Agent:
     """Load a saved policy as an :class:`Agent`. ``sampler``/``K`` pick the sampler at load time
     (default: the deterministic ODE for flows, DDIM with η = 0 for diffusion, at the policy's K)."""
     policy, metadata = load_policy(path, device=device)
