@@ -29,7 +29,8 @@ class Agent:
         self.sampler = sampler if isinstance(sampler, Sampler) else policy.make_sampler(sampler, self.K,
                                                                                        **sampler_params)
         # Even the deterministic ODE starts from random x_0; a seeded generator makes actions reproducible.
-        self.generator = torch.Generator(device=policy.device).manual_seed(seed)
+        self.device = policy.device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.metadata: dict = {}
         self._history: torch.Tensor | None = None  # [N, n_obs, obs_dim] raw observations
         self._queue: torch.Tensor | None = None  # [N, act_steps, A] raw actions
@@ -69,10 +70,9 @@ class Agent:
             raise ValueError(f"expected observations of shape [{self.observation_dim}] or "
                              f"[N, {self.observation_dim}], got {tuple(np.shape(obs))}")
         n = obs_np.shape[0]
-        device = self.policy.device
         if self._history is None or self._history.shape[0] != n:
-            self._allocate(n, device)
-        obs_t = torch.from_numpy(obs_np).to(device)
+            self._allocate(n, self.device)
+        obs_t = torch.from_numpy(obs_np).to(self.device)
 
         fresh = self._fresh
         if fresh.all():

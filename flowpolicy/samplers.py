@@ -98,8 +98,8 @@ class Sampler:
     # -- helpers shared by the subclasses -------------------------------------------------------
     @staticmethod
     def _times(k: torch.Tensor, K: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        grid = time_grid(K, device=like.device, dtype=like.dtype)
-        return grid[k], grid[k + 1]
+        """Grid times t_k and t_{k+1} per row (the values of :func:`time_grid`, without building it)."""
+        return grid_times(k, K).to(like.dtype), grid_times(k + 1, K).to(like.dtype)
 
     # -- derived ---------------------------------------------------------------------------------
     def sample(
@@ -119,13 +119,14 @@ class Sampler:
         for step in range(K):
             k = torch.full((B,), step, dtype=torch.long, device=x0.device)
             mean, std = self.transition(model_fn, x, k, K, obs)
-            std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device).expand_as(mean)
+            std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
             if bool((std > 0).any()):
                 noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
                 x_next = mean + std * noise
-            else:
+                log_probs.append(gaussian_log_prob(x_next, mean, std))
+            else:  # a deterministic step: no draw, no log-prob
                 x_next = mean
-            log_probs.append(gaussian_log_prob(x_next, mean, std))
+                log_probs.append(mean.new_zeros(B))
             xs.append(x_next)
             x = x_next
         return Chain(xs=torch.stack(xs, dim=1), log_probs=torch.stack(log_probs, dim=1))

@@ -1,0 +1,110 @@
+"""Expert policies for making demonstrations: Stable-Baselines3 SAC trained on a gymnasium task.
+
+No demonstration dataset can be downloaded on our machines, so ``flowpolicy collect`` trains an expert
+here first (or reuses one found in its directory) and records datasets with it. An expert directory
+holds ``sac.zip`` (SB3's format), ``expert.json`` (budget, seed, wall time, evaluation return) and
+``progress.csv`` (evaluation returns during training). Saves are periodic, so an interrupted training
+keeps its latest snapshot and ``--resume`` continues from it.
+
+    python -m pretrain.expert --env Hopper-v5 --out data/experts/Hopper-v5 --steps 300000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+MODEL_FILE = "sac.zip"
+INFO_FILE = "expert.json"
+
+
+@dataclass
+class ExpertConfig:
+    """SAC budget and settings (SB3 defaults otherwise: 256×256 MLPs, lr 3e-4, batch 256, τ 0.005)."""
+
+    total_steps: int = 300_000
+    learning_starts: int = 10_000
+    eval_every: int = 25_000
+    eval_episodes: int = 5
+    seed: int = 0
+
+
+def evaluate_sac(model, env_id: str, episodes: int, seed: int) -> tuple[float, float]:
+    env = gym.make(env_id)
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, total = False, 0.0
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def train_expert(env_id: str, out_dir: str | Path, config: ExpertConfig | None = None, resume: bool = True,
+                 progress: bool = True) -> Path:
+    """Train SAC on ``env_id`` for ``config.total_steps`` env steps into ``out_dir``; returns it."""
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    config = config or ExpertConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # small nets, batch 256: one thread is fastest and leaves a core free
+    env = gym.make(env_id)
+    start = time.time()
+    if resume and (out / MODEL_FILE).exists():
+        model = SAC.load(out / MODEL_FILE, env=env)
+        done_steps = int(model.num_timesteps)
+    else:
+        model = SAC("MlpPolicy", env, learning_starts=config.learning_starts, seed=config.seed, verbose=0)
+        done_steps = 0
+        (out / "progress.csv").write_text("env_steps,wall_s,return_mean,return_std\n")
+
+    class Periodic(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % config.eval_every == 0:
+                mean, std = evaluate_sac(self.model, env_id, config.eval_episodes, seed=10_000)
+                with open(out / "progress.csv", "a") as f:
+                    f.write(f"{self.num_timesteps},{time.time() - start:.1f},{mean:.1f},{std:.1f}\n")
+                self.model.save(out / MODEL_FILE)
+            return True
+
+    remaining = config.total_steps - done_steps
+    if remaining > 0:
+        model.learn(remaining, callback=Periodic(), progress_bar=progress, reset_num_timesteps=False)
+        model.save(out / MODEL_FILE)
+    mean, std = evaluate_sac(model, env_id, 10, seed=20_000)
+    info = {"env_id": env_id, "algorithm": "SAC (stable-baselines3)", "config": asdict(config),
+            "env_steps": int(model.num_timesteps), "wall_s_this_run": round(time.time() - start, 1),
+            "eval_return_mean": mean, "eval_return_std": std, "eval_episodes": 10}
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", required=True, help="gymnasium env id, e.g. Hopper-v5")
+    parser.add_argument("--out", required=True, help="expert directory")
+    parser.add_argument("--steps", type=int, default=ExpertConfig.total_steps, help="SAC env-step budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a snapshot exists")
+    args = parser.parse_args(argv)
+    out = train_expert(args.env, args.out, ExpertConfig(total_steps=args.steps, seed=args.seed),
+                       resume=not args.no_resume)
+    print((out / INFO_FILE).read_text())
+
+
+if __name__ == "__main__":
+    main()
