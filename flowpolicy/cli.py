@@ -30,6 +30,57 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a policy checkpoint in simulation: return mean ± std over N episodes, normalized score
+    (for registered tasks), optionally an mp4 of one episode."""
+    import time
+
+    from tqdm import tqdm
+
+    from envs.evaluation import evaluate_agent, record_video
+    from flowpolicy.agent import load_agent
+
+    sampler_params = {}
+    if args.sampler_param:
+        for item in args.sampler_param:
+            key, _, value = item.partition("=")
+            sampler_params[key] = float(value)
+    agent = load_agent(args.checkpoint, sampler=args.sampler, K=args.K, device=args.device, seed=args.seed,
+                       **sampler_params)
+    env_id = args.env or agent.metadata.get("env_id")
+    if not env_id:
+        raise CLIError("the checkpoint does not name its environment; pass --env ENV_ID")
+    start = time.time()
+    with tqdm(total=args.episodes, desc=f"evaluate {env_id}", unit="ep", disable=args.json or None) as bar:
+        def on_episode(ret):
+            bar.update()
+            bar.set_postfix(last_return=f"{ret:.1f}")
+
+        result = evaluate_agent(agent, env_id, args.episodes, seed=args.seed, num_envs=args.num_envs,
+                                progress=on_episode)
+    summary = result.to_dict()
+    summary.update(checkpoint=str(args.checkpoint), sampler=agent.sampler.name, K=agent.K,
+                   wall_s=round(time.time() - start, 2))
+    if args.video:
+        video, video_return, frames = record_video(agent, env_id, f"{args.video}/{env_id}-seed{args.seed}.mp4",
+                                                   seed=args.seed)
+        summary.update(video=str(video), video_return=video_return, video_frames=frames)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        score = summary.get("normalized_score")
+        print(f"{env_id}: return {summary['return_mean']:.1f} ± {summary['return_std']:.1f} over "
+              f"{summary['episodes']} episodes" + (f", normalized score {score:.1f}" if score is not None else "")
+              + f" ({agent.sampler.name}, K={agent.K}, {summary['wall_s']:.1f} s)")
+        if args.video:
+            print(f"video: {summary['video']} ({frames} frames, episode return {video_return:.1f})")
+    return 0
+
+
+class CLIError(RuntimeError):
+    """A user-facing error of a command line invocation."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowpolicy",
@@ -42,6 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint", help="checkpoint directory (holding policy.json and model.safetensors)")
     info.add_argument("--json", action="store_true", help="print the full description as JSON")
     info.set_defaults(func=cmd_info)
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint in simulation", description=cmd_evaluate.__doc__)
+    ev.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
+    ev.add_argument("--env", default=None, help="gymnasium env id (default: the one the checkpoint was made for)")
+    ev.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
+    ev.add_argument("--seed", type=int, default=0, help="env i's first episode is seeded SEED+i (default 0)")
+    ev.add_argument("--num-envs", type=int, default=None, help="parallel envs (default min(episodes, 8))")
+    ev.add_argument("--sampler", default=None,
+                    help="sampler (default: deterministic ODE for flows, DDIM eta=0 for diffusion)")
+    ev.add_argument("--K", type=int, default=None, help="denoising steps (default: the policy's)")
+    ev.add_argument("--sampler-param", action="append", metavar="KEY=VALUE",
+                    help="sampler parameter, e.g. a=0.7 or eta=0.8 (repeatable)")
+    ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ev.add_argument("--video", metavar="DIR", default=None, help="also write an mp4 of one episode into DIR")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ev.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -56,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, ConfigError) as err:
+    except (CheckpointError, ConfigError, CLIError, ValueError) as err:
         print(f"flowpolicy {args.command}: error: {err}", file=sys.stderr)
         return 1
 
