@@ -8,26 +8,8 @@ Prints one line per task and a JSON object; the numbers go into envs/registry.py
 import argparse
 import json
 
-import gymnasium as gym
-import numpy as np
-
+from envs.evaluation import random_policy_return
 from envs.registry import TASKS
-
-
-def random_return(env_id: str, episodes: int, seed: int) -> tuple[float, float]:
-    env = gym.make(env_id)
-    env.action_space.seed(seed)
-    returns = []
-    for i in range(episodes):
-        env.reset(seed=seed + i)
-        done, total = False, 0.0
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns)), float(np.std(returns))
 
 
 def main() -> None:
@@ -37,7 +19,7 @@ def main() -> None:
     args = parser.parse_args()
     result = {}
     for env_id in TASKS:
-        mean, std = random_return(env_id, args.episodes, args.seed)
+        mean, std = random_policy_return(env_id, args.episodes, args.seed)
         result[env_id] = {"random_return_mean": round(mean, 1), "random_return_std": round(std, 1)}
         print(f"{env_id:16s} random return {mean:9.1f} ± {std:.1f} over {args.episodes} episodes", flush=True)
     print(json.dumps(result))

@@ -71,6 +71,25 @@ def evaluate_agent(agent, env_id: str, episodes: int = 10, seed: int = 0, num_en
     return EvalResult(env_id, returns, lengths)
 
 
+def random_policy_return(env_id: str, episodes: int = 100, seed: int = 0) -> tuple[float, float]:
+    """Mean and std of the return of uniformly random actions (the 0 of the normalized score)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    returns = []
+    for i in range(episodes):
+        env.reset(seed=seed + i)
+        done, total = False, 0.0
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns)), float(np.std(returns))
+
+
 def _ensure_offscreen_gl() -> None:
     """Pick a headless OpenGL backend before MuJoCo is imported (osmesa: software, works everywhere)."""
     if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):

@@ -77,6 +77,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Train (or reuse) a SAC expert for ENV_ID and record a Minari dataset of medium or expert quality
+    with reference scores. The expert lives in --expert-dir (default data/experts/ENV_ID) and is reused
+    when present."""
+    from pretrain.collect import collect
+
+    result = collect(args.env, args.out, quality=args.quality, episodes=args.episodes, seed=args.seed,
+                     expert_dir=args.expert_dir, expert_steps=args.expert_steps,
+                     medium_fraction=args.medium_fraction)
+    print(f"{result.dataset_dir}: {result.episodes} {result.quality} episodes, {result.env_steps} env steps, "
+          f"return {result.return_mean:.1f} ± {result.return_std:.1f} (expert {result.expert_return:.1f}, "
+          f"random {result.random_return:.1f}; demonstrator {result.demonstrator}; {result.wall_s:.0f} s)")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Behavior-clone a flow, shortcut or diffusion policy from a demonstration dataset. Settings come
+    from the YAML config and dotted key=value overrides (e.g. train.steps=2000 policy.kind=shortcut)."""
+    from flowpolicy.config import load_config
+    from pretrain.bc import PretrainConfig, pretrain
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    summary = pretrain(cfg)
+    ev = summary["eval"]
+    line = f"{summary['policy']}: {summary['kind']} BC on {summary['dataset']} in {summary['wall_s']:.0f} s"
+    if ev:
+        line += f"; return {ev['return_mean']:.1f} ± {ev['return_std']:.1f} over {ev['episodes']} episodes"
+        if "normalized_score" in ev:
+            line += f" (normalized {ev['normalized_score']:.1f})"
+    print(line)
+    return 0
+
+
 class CLIError(RuntimeError):
     """A user-facing error of a command line invocation."""
 
@@ -93,6 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint", help="checkpoint directory (holding policy.json and model.safetensors)")
     info.add_argument("--json", action="store_true", help="print the full description as JSON")
     info.set_defaults(func=cmd_info)
+
+    co = sub.add_parser("collect", help="train/reuse an expert and record a Minari dataset",
+                        description=cmd_collect.__doc__)
+    co.add_argument("--env", required=True, help="gymnasium env id, e.g. Hopper-v5")
+    co.add_argument("--out", required=True, help="directory to write the Minari dataset under")
+    co.add_argument("--quality", choices=["medium", "expert"], default="medium", help="default medium")
+    co.add_argument("--episodes", type=int, default=50, help="episodes to record (default 50)")
+    co.add_argument("--seed", type=int, default=0, help="episode i is reset with SEED+i (default 0)")
+    co.add_argument("--expert-dir", default=None, help="expert directory (default data/experts/ENV_ID)")
+    co.add_argument("--expert-steps", type=int, default=300_000, help="SAC budget if an expert must be trained")
+    co.add_argument("--medium-fraction", type=float, default=0.4,
+                    help="medium = the snapshot closest to this fraction of expert return (default 0.4)")
+    co.set_defaults(func=cmd_collect)
+
+    pt = sub.add_parser("pretrain", help="behavior-clone a policy from demonstrations",
+                        description=cmd_pretrain.__doc__)
+    pt.add_argument("--config", required=True, help="YAML config, e.g. configs/hopper/pretrain.yaml")
+    pt.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    pt.set_defaults(func=cmd_pretrain)
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint in simulation", description=cmd_evaluate.__doc__)
     ev.add_argument("--checkpoint", required=True, help="policy checkpoint directory")

@@ -96,3 +96,60 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
 
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b.c=value`` → ("a.b.c", value). Values are read as YAML (numbers, true/false, lists, null),
+    with ``1e-4``-style numbers that YAML 1.1 leaves as strings read as floats."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} is not of the form key=value (dotted keys allowed)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of the nested dict ``data`` with dotted ``key=value`` overrides applied. Keys that do
+    not exist are still set here — validation against the dataclass (:func:`from_dict`) names them."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, value = parse_override(item)
+        node = data
+        *parents, leaf = key.split(".")
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {'.'.join(parents[: i + 1])} is not a section")
+            node = child
+        node[leaf] = value
+    return data
+
+
+def load_config(cls: type[T], path, overrides: list[str] | None = None) -> T:
+    """Read YAML file ``path``, apply ``key=value`` overrides, build and validate dataclass ``cls``."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return from_dict(cls, apply_overrides(data, overrides or []))

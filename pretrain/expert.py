@@ -2,9 +2,11 @@
 
 No demonstration dataset can be downloaded on our machines, so ``flowpolicy collect`` trains an expert
 here first (or reuses one found in its directory) and records datasets with it. An expert directory
-holds ``sac.zip`` (SB3's format), ``expert.json`` (budget, seed, wall time, evaluation return) and
-``progress.csv`` (evaluation returns during training). Saves are periodic, so an interrupted training
-keeps its latest snapshot and ``--resume`` continues from it.
+holds ``sac.zip`` (SB3's format), ``expert.json`` (budget, seed, wall time, evaluation return),
+``progress.csv`` (evaluation returns during training) and ``snapshots/sac_<steps>.zip`` at every
+evaluation — the medium-quality dataset is recorded with the snapshot whose return is closest to a
+target fraction of the expert's (D4RL's "medium": a partially trained policy). Saves are periodic, so an
+interrupted training keeps its latest snapshot and is resumed by default.
 
     python -m pretrain.expert --env Hopper-v5 --out data/experts/Hopper-v5 --steps 300000
 """
@@ -23,6 +25,7 @@ import torch
 
 MODEL_FILE = "sac.zip"
 INFO_FILE = "expert.json"
+SNAPSHOT_DIR = "snapshots"
 
 
 @dataclass
@@ -60,7 +63,7 @@ def train_expert(env_id: str, out_dir: str | Path, config: ExpertConfig | None =
 
     config = config or ExpertConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / SNAPSHOT_DIR).mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # small nets, batch 256: one thread is fastest and leaves a core free
     env = gym.make(env_id)
     start = time.time()
@@ -76,9 +79,10 @@ def train_expert(env_id: str, out_dir: str | Path, config: ExpertConfig | None =
         def _on_step(self) -> bool:
             if self.num_timesteps % config.eval_every == 0:
                 mean, std = evaluate_sac(self.model, env_id, config.eval_episodes, seed=10_000)
+                self.model.save(out / SNAPSHOT_DIR / f"sac_{self.num_timesteps}.zip")
+                self.model.save(out / MODEL_FILE)
                 with open(out / "progress.csv", "a") as f:
                     f.write(f"{self.num_timesteps},{time.time() - start:.1f},{mean:.1f},{std:.1f}\n")
-                self.model.save(out / MODEL_FILE)
             return True
 
     remaining = config.total_steps - done_steps

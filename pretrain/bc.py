@@ -1,0 +1,200 @@
+"""Behavior cloning of flow, shortcut and diffusion policies from a demonstration dataset.
+
+``flowpolicy pretrain --config configs/<task>/pretrain.yaml [key=value ...]`` runs :func:`pretrain`:
+load a local Minari dataset (or a robomimic-layout hdf5 file), cut it into (observation history,
+action chunk) samples, fit the normalizers on the training episodes, and minimize the model's BC loss
+with AdamW and a cosine learning rate. An exponential moving average of the weights is what gets
+evaluated and saved. Validation loss (on held-out whole episodes) and periodic evaluation rollouts are
+logged to TensorBoard; the run directory ends up with::
+
+    policy/              the EMA policy (flowpolicy checkpoint: load_agent / flowpolicy evaluate)
+    checkpoints/step_N/  periodic EMA snapshots
+    events.out.tfevents* TensorBoard scalars (losses/bc_loss, losses/val_loss, charts/eval_return, ...)
+    summary.json         final validation loss, evaluation return ± std, normalized score, wall time
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from envs.evaluation import evaluate_agent
+from envs.registry import get_task
+from flowpolicy.agent import Agent
+from flowpolicy.checkpoint import atomic_write_json, save_policy
+from flowpolicy.config import ConfigError, from_dict
+from flowpolicy.normalizers import ActionNormalizer, ObservationNormalizer
+from flowpolicy.policy import Policy, PolicyConfig
+from pretrain.datasets import (
+    check_matches_env,
+    episode_returns,
+    load_minari_dataset,
+    make_chunk_samples,
+    read_robomimic_hdf5,
+    split_episodes,
+)
+
+
+@dataclass
+class BCTrainConfig:
+    steps: int = 20_000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    ema_decay: float = 0.995
+    grad_clip: float = 1.0
+    val_fraction: float = 0.05
+    val_every: int = 1000
+    eval_every: int = 5000  # 0: evaluate only at the end
+    eval_episodes: int = 10
+    checkpoint_every: int = 5000  # 0: only the final policy
+    log_every: int = 100
+
+
+@dataclass
+class PretrainConfig:
+    """A behavior-cloning run. ``policy`` holds :class:`PolicyConfig` fields except the dimensions,
+    which come from the dataset."""
+
+    env_id: str = "Hopper-v5"
+    dataset: str = ""  # Minari dataset directory or id, or a robomimic .hdf5 file
+    data_dir: str | None = None  # where Minari dataset ids are looked up (default MINARI_DATASETS_PATH)
+    out: str = "runs/pretrain"
+    seed: int = 0
+    device: str = "cpu"
+    torch_threads: int = 0  # 0: leave torch's default
+    policy: dict = field(default_factory=dict)
+    train: BCTrainConfig = field(default_factory=BCTrainConfig)
+
+
+def load_demonstrations(source: str, data_dir: str | None = None):
+    """Episodes and metadata from a Minari dataset (id or directory) or a robomimic-layout hdf5 file."""
+    if not source:
+        raise ConfigError("dataset: no dataset given (a Minari dataset directory or id, or a .hdf5 file)")
+    if source.endswith((".hdf5", ".h5")):
+        return read_robomimic_hdf5(source)
+    return load_minari_dataset(source, data_dir)
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1.0 - decay)
+
+
+def _lr_factor(step: int, cfg: BCTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def _mean_loss(policy: Policy, cond: torch.Tensor, x: torch.Tensor, batch: int, seed: int) -> float:
+    gen = torch.Generator(device=cond.device).manual_seed(seed)  # the same noise every time: comparable
+    losses = [policy.bc_loss(cond[i:i + batch], x[i:i + batch], generator=gen).item() * len(cond[i:i + batch])
+              for i in range(0, len(cond), batch)]
+    return float(sum(losses) / len(cond))
+
+
+def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
+    """Run behavior cloning as configured; returns the summary (also written to ``out/summary.json``)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    start = time.time()
+    torch.manual_seed(cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tc = cfg.train
+
+    episodes, data_meta = load_demonstrations(cfg.dataset, cfg.data_dir)
+    task = get_task(cfg.env_id)
+    check_matches_env(episodes, task.obs_dim, task.action_dim, cfg.dataset, cfg.env_id)
+    train_eps, val_eps = split_episodes(episodes, tc.val_fraction, cfg.seed)
+    policy_cfg = from_dict(PolicyConfig, {**cfg.policy, "obs_dim": task.obs_dim, "action_dim": task.action_dim},
+                           prefix="policy")
+    train_obs = np.concatenate([e.observations for e in train_eps])
+    train_act = np.concatenate([e.actions for e in train_eps])
+    policy = Policy(policy_cfg, ObservationNormalizer.fit(train_obs), ActionNormalizer.fit(train_act)).to(cfg.device)
+
+    def tensors(eps):
+        samples = make_chunk_samples(eps, policy_cfg.n_obs_steps, policy_cfg.horizon)
+        with torch.no_grad():
+            cond = policy.condition(torch.as_tensor(samples.obs_history, device=cfg.device))
+            x = policy.normalize_actions(torch.as_tensor(samples.action_chunks, device=cfg.device))
+        return cond, x
+
+    cond, x = tensors(train_eps)
+    val_cond, val_x = tensors(val_eps) if val_eps else (None, None)
+    ema = copy.deepcopy(policy).eval()
+    opt = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, tc))
+    gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    writer = SummaryWriter(str(out))
+    writer.add_text("config", f"```\n{json.dumps(asdict(cfg), indent=2)}\n```")
+    metadata = {"env_id": cfg.env_id, "dataset": cfg.dataset, "trained_by": "flowpolicy pretrain",
+                "bc_steps": tc.steps, "seed": cfg.seed}
+
+    def evaluate(step: int) -> dict:
+        result = evaluate_agent(Agent(ema, seed=cfg.seed), cfg.env_id, tc.eval_episodes, seed=10_000 + cfg.seed)
+        writer.add_scalar("charts/eval_return", result.return_mean, step)
+        if result.normalized_score is not None:
+            writer.add_scalar("charts/normalized_score", result.normalized_score, step)
+        return result.to_dict()
+
+    n, last_eval, val_loss = len(cond), {}, None
+    bar = tqdm(range(tc.steps), desc=f"BC {policy_cfg.kind} {cfg.env_id}", disable=not progress or None,
+               dynamic_ncols=True)
+    running = None
+    for step in bar:
+        idx = torch.randint(0, n, (tc.batch_size,), generator=gen, device=cfg.device)
+        loss = policy.bc_loss(cond[idx], x[idx], generator=gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"BC loss became {loss.item()} at step {step}; last checkpoint kept in {out}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        _ema_update(ema, policy, tc.ema_decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            writer.add_scalar("losses/bc_loss", loss.item(), done)
+            writer.add_scalar("losses/grad_norm", grad_norm.item(), done)
+            writer.add_scalar("charts/learning_rate", sched.get_last_lr()[0], done)
+        if val_cond is not None and (done % tc.val_every == 0 or done == tc.steps):
+            val_loss = _mean_loss(ema, val_cond, val_x, 4096, cfg.seed)
+            writer.add_scalar("losses/val_loss", val_loss, done)
+        if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
+            last_eval = evaluate(done)
+        if tc.checkpoint_every and done % tc.checkpoint_every == 0:
+            save_policy(ema, out / "checkpoints" / f"step_{done}", metadata={**metadata, "bc_steps": done})
+        bar.set_postfix(loss=f"{running:.4f}", val=f"{val_loss:.4f}" if val_loss is not None else "-",
+                        ret=f"{last_eval['return_mean']:.0f}" if last_eval else "-")
+    bar.close()
+
+    final_eval = evaluate(tc.steps) if tc.eval_episodes > 0 else {}
+    save_policy(ema, out / "policy", metadata={**metadata, "eval": final_eval})
+    writer.close()
+    summary = {
+        "env_id": cfg.env_id, "kind": policy_cfg.kind, "dataset": cfg.dataset,
+        "dataset_episodes": len(episodes), "dataset_return_mean": float(episode_returns(episodes).mean()),
+        "train_samples": n, "val_loss": val_loss, "final_bc_loss": running, "eval": final_eval,
+        "policy": str(out / "policy"), "wall_s": round(time.time() - start, 1),
+        "dataset_metadata": {k: v for k, v in data_meta.items() if k in ("env_id", "quality", "ref_min_score",
+                                                                        "ref_max_score")},
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary

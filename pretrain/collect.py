@@ -1,0 +1,123 @@
+"""Record demonstration datasets with our own experts: ``flowpolicy collect``.
+
+1. Train a Stable-Baselines3 SAC expert for the task, or reuse the one in ``--expert-dir``
+   (default ``data/experts/<env_id>``; see :mod:`pretrain.expert`).
+2. Pick the demonstrator: ``quality=expert`` is the final expert; ``quality=medium`` is the training
+   snapshot whose evaluation return is closest to ``medium_fraction`` (default 0.4) of the expert's —
+   D4RL's "medium", a partially trained policy at roughly a third to a half of expert return.
+3. Roll out ``episodes`` episodes with the demonstrator's stochastic actions (SAC's squashed Gaussian,
+   as D4RL recorded its data), episode i reset with seed ``seed + i``.
+4. Write a local Minari dataset with reference scores (random and expert returns) and metadata: quality,
+   demonstrator snapshot, episode seeds, returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from tqdm import tqdm
+
+from envs.evaluation import random_policy_return
+from envs.registry import get_task
+from pretrain.datasets import Episode, episode_returns, write_minari_dataset
+from pretrain.expert import INFO_FILE, MODEL_FILE, SNAPSHOT_DIR, ExpertConfig, train_expert
+
+
+@dataclass
+class CollectResult:
+    dataset_dir: Path
+    quality: str
+    episodes: int
+    env_steps: int
+    return_mean: float
+    return_std: float
+    expert_return: float
+    random_return: float
+    demonstrator: str
+    wall_s: float
+
+
+def dataset_id(env_id: str, quality: str) -> str:
+    """Minari id of our datasets, e.g. ``flowpolicy/hopper-medium-v0``."""
+    name = env_id.split("-v")[0].lower()
+    return f"flowpolicy/{name}-{quality}-v0"
+
+
+def choose_demonstrator(expert_dir: Path, quality: str, medium_fraction: float, expert_return: float) -> Path:
+    if quality == "expert":
+        return expert_dir / MODEL_FILE
+    rows = []
+    with open(expert_dir / "progress.csv") as f:
+        for row in csv.DictReader(f):
+            snapshot = expert_dir / SNAPSHOT_DIR / f"sac_{row['env_steps']}.zip"
+            if snapshot.exists():
+                rows.append((abs(float(row["return_mean"]) - medium_fraction * expert_return), snapshot))
+    if not rows:
+        raise FileNotFoundError(f"{expert_dir / SNAPSHOT_DIR}: no training snapshots to pick a medium policy from")
+    return min(rows)[1]
+
+
+def record_episodes(model, env_id: str, episodes: int, seed: int, deterministic: bool = False,
+                    progress: bool = True) -> list[Episode]:
+    env = gym.make(env_id)
+    out = []
+    for i in tqdm(range(episodes), desc=f"record {env_id}", unit="ep", disable=not progress or None):
+        obs, _ = env.reset(seed=seed + i)
+        observations, actions, rewards = [obs], [], []
+        while True:
+            action, _ = model.predict(obs, deterministic=deterministic)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            if terminated or truncated:
+                break
+        out.append(Episode(observations=np.asarray(observations, dtype=np.float32),
+                           actions=np.asarray(actions, dtype=np.float32),
+                           rewards=np.asarray(rewards, dtype=np.float32),
+                           terminated=bool(terminated), truncated=bool(truncated), seed=seed + i))
+    env.close()
+    return out
+
+
+def collect(env_id: str, out: str | Path, quality: str = "medium", episodes: int = 50, seed: int = 0,
+            expert_dir: str | Path | None = None, expert_steps: int = ExpertConfig.total_steps,
+            medium_fraction: float = 0.4, progress: bool = True) -> CollectResult:
+    import json
+
+    from stable_baselines3 import SAC
+
+    if quality not in ("medium", "expert"):
+        raise ValueError(f"quality must be 'medium' or 'expert', got {quality!r}")
+    start = time.time()
+    task = get_task(env_id)
+    expert_dir = Path(expert_dir or Path("data/experts") / env_id)
+    if not (expert_dir / INFO_FILE).exists():
+        print(f"no expert in {expert_dir}: training SAC for {expert_steps} env steps (saved there for reuse)")
+        train_expert(env_id, expert_dir, ExpertConfig(total_steps=expert_steps, seed=seed), progress=progress)
+    expert_info = json.loads((expert_dir / INFO_FILE).read_text())
+    expert_return = float(expert_info["eval_return_mean"])
+    demonstrator = choose_demonstrator(expert_dir, quality, medium_fraction, expert_return)
+    model = SAC.load(demonstrator, device="cpu")
+    eps = record_episodes(model, env_id, episodes, seed, progress=progress)
+    returns = episode_returns(eps)
+    random_return = task.random_score
+    if random_return is None:  # unregistered task: measure a random policy on the spot
+        random_return, _ = random_policy_return(env_id, 20, seed)
+    out_dir = write_minari_dataset(
+        dataset_id(env_id, quality), env_id, eps, out,
+        metadata={"quality": quality, "demonstrator": str(demonstrator), "expert_return": expert_return,
+                  "random_return": random_return, "medium_fraction": medium_fraction if quality == "medium" else None,
+                  "return_mean": float(returns.mean()), "return_std": float(returns.std()),
+                  "actions": "stochastic (SAC squashed Gaussian samples)", "collected_by": "flowpolicy collect"},
+        ref_min_score=random_return, ref_max_score=expert_return,
+        algorithm_name=f"SAC ({quality})", description=f"{quality} demonstrations for {env_id} by flowpolicy collect",
+    )
+    return CollectResult(out_dir, quality, len(eps), int(sum(e.length for e in eps)), float(returns.mean()),
+                         float(returns.std()), expert_return, random_return, demonstrator.name,
+                         round(time.time() - start, 1))

@@ -1,0 +1,503 @@
+"""Demonstration datasets: episodes in memory, Minari and robomimic-hdf5 files on disk, BC training samples.
+
+An :class:`Episode` holds flat float32 arrays: T+1 observations (o_0 … o_T, the last being the final
+observation), T actions and T rewards, plus how it ended (``terminated`` vs. ``truncated`` are kept apart,
+as GAE needs). Everything else in the project reads demonstrations through this one type.
+
+On disk there are two formats:
+
+- **Minari** (our own datasets, ``flowpolicy collect``): written with ``minari.create_dataset_from_buffers``
+  from ``EpisodeBuffer``s (Minari's ``DataCollector`` would need jax). Where things are stored:
+
+  * episode reset seeds: Minari's own per-episode ``seed`` (``EpisodeBuffer.seed``, an attribute of each
+    episode group in ``main_data.hdf5``), so Minari's tools see them too;
+  * reference scores: Minari's ``ref_min_score``/``ref_max_score`` in ``data/metadata.json``. Minari takes
+    them without evaluating anything when both are given (it only builds the eval env, which is local for
+    MuJoCo tasks); given only ``ref_max_score`` it would roll out a random policy for 100 episodes, so a
+    lone score is written into the same metadata keys directly, after creation;
+  * the caller's ``metadata`` dict and the env id: under the key ``"flowpolicy"`` of ``data/metadata.json``.
+
+  Loading never downloads: a dataset id is looked up under ``data_dir``, else ``$MINARI_DATASETS_PATH``,
+  else Minari's default ``~/.minari/datasets``.
+- **robomimic hdf5** (read and write with h5py only; importing robomimic drags in CUDA torchvision): group
+  ``data`` (attrs ``total``, ``env_args``) with ``demo_<i>`` groups holding ``actions``, ``rewards``,
+  ``dones`` and ``obs``/``next_obs`` groups of per-key arrays. Episode seeds, when known, go into an extra
+  ``seed`` attribute of each demo group (robomimic ignores unknown attributes).
+
+:func:`make_chunk_samples` turns episodes into (observation history, action chunk) pairs for behavior
+cloning with the same padding the agent uses at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A problem with a demonstration dataset, phrased for the user in one line."""
+
+
+@dataclass
+class Episode:
+    """One demonstration: ``observations`` [T+1, obs_dim], ``actions`` [T, action_dim], ``rewards`` [T]."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: bool
+    truncated: bool
+    seed: int | None = None
+
+    def __post_init__(self):
+        self.observations = np.asarray(self.observations, dtype=np.float32)
+        self.actions = np.asarray(self.actions, dtype=np.float32)
+        self.rewards = np.asarray(self.rewards, dtype=np.float32)
+        self.terminated, self.truncated = bool(self.terminated), bool(self.truncated)
+        self.seed = None if self.seed is None else int(self.seed)
+        if self.observations.ndim != 2 or self.actions.ndim != 2 or self.rewards.ndim != 1:
+            raise DatasetError(f"episode arrays must be observations [T+1, obs_dim], actions [T, action_dim], "
+                               f"rewards [T]; got shapes {self.observations.shape}, {self.actions.shape}, "
+                               f"{self.rewards.shape}")
+        steps = self.actions.shape[0]
+        if steps < 1 or self.observations.shape[0] != steps + 1 or self.rewards.shape[0] != steps:
+            raise DatasetError(f"episode needs T ≥ 1 actions, T rewards and T+1 observations; got "
+                               f"{self.actions.shape[0]}, {self.rewards.shape[0]} and {self.observations.shape[0]}")
+
+    @property
+    def length(self) -> int:
+        return self.actions.shape[0]
+
+
+def episode_returns(episodes: list[Episode]) -> np.ndarray:
+    """Undiscounted return of each episode, [n_episodes] float64."""
+    return np.array([np.sum(ep.rewards, dtype=np.float64) for ep in episodes], dtype=np.float64)
+
+
+def check_matches_env(episodes: list[Episode], obs_dim: int, action_dim: int, source: str, env_id: str) -> None:
+    """Raise :class:`DatasetError` unless every episode has the env's observation and action sizes."""
+    if not episodes:
+        raise DatasetError(f"{source}: holds no episodes")
+    for what, dims, expected in (("observations", {ep.observations.shape[1] for ep in episodes}, obs_dim),
+                                 ("actions", {ep.actions.shape[1] for ep in episodes}, action_dim)):
+        if dims != {expected}:
+            found = "/".join(str(d) for d in sorted(dims))
+            raise DatasetError(f"{source}: {what} have {found} dims but {env_id} has {expected}")
+
+
+def split_episodes(episodes: list[Episode], val_fraction: float, seed: int) -> tuple[list[Episode], list[Episode]]:
+    """Split whole episodes into (train, val) by a seeded permutation; train keeps at least one episode.
+
+    The validation set gets ``round(val_fraction · n)`` episodes, at least one when ``val_fraction > 0``
+    (a validation loss is worth an episode), capped at n − 1 (so it is empty for a single episode).
+    Both parts keep the dataset's episode order.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DatasetError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    if not episodes:
+        raise DatasetError("cannot split an empty list of episodes")
+    n = len(episodes)
+    n_val = min(max(int(round(val_fraction * n)), 1 if val_fraction > 0 else 0), n - 1)
+    val_indices = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    train = [ep for i, ep in enumerate(episodes) if i not in val_indices]
+    val = [ep for i, ep in enumerate(episodes) if i in val_indices]
+    return train, val
+
+
+@dataclass
+class ChunkSamples:
+    """Behavior-cloning pairs: ``obs_history`` [N, n_obs_steps, obs_dim] → ``action_chunks`` [N, horizon, A]."""
+
+    obs_history: np.ndarray
+    action_chunks: np.ndarray
+
+    def __len__(self) -> int:
+        return self.obs_history.shape[0]
+
+
+def make_chunk_samples(episodes: list[Episode], n_obs_steps: int, horizon: int) -> ChunkSamples:
+    """One sample per time step t of every episode, padded the way the agent pads at run time.
+
+    ``obs_history`` is o_{t−n_obs+1} … o_t, where indices before 0 repeat o_0 (the agent fills its history
+    with the first observation at reset); ``action_chunks`` is a_t … a_{t+H−1}, where indices past the last
+    action repeat it. Padding is per episode, so no sample mixes two episodes.
+    """
+    if n_obs_steps < 1 or horizon < 1:
+        raise DatasetError(f"n_obs_steps and horizon must be ≥ 1, got {n_obs_steps} and {horizon}")
+    if not episodes:
+        raise DatasetError("cannot make training samples from an empty list of episodes")
+    obs_offsets = np.arange(-n_obs_steps + 1, 1)
+    action_offsets = np.arange(horizon)
+    histories, chunks = [], []
+    for ep in episodes:
+        steps = np.arange(ep.length)[:, None]
+        histories.append(ep.observations[np.maximum(steps + obs_offsets, 0)])
+        chunks.append(ep.actions[np.minimum(steps + action_offsets, ep.length - 1)])
+    return ChunkSamples(np.concatenate(histories).astype(np.float32, copy=False),
+                        np.concatenate(chunks).astype(np.float32, copy=False))
+
+
+# ---------------------------------------------------------------------------------------------- Minari
+
+_OUR_METADATA_KEY = "flowpolicy"
+# Keys that load_minari_dataset fills itself; a caller's metadata may not shadow them.
+_RESERVED_METADATA_KEYS = frozenset({
+    "dataset_id", "path", "env_id", "seeds", "total_episodes", "total_steps", "ref_min_score", "ref_max_score",
+    "algorithm_name", "description", "minari_version",
+})
+_MINARI_DEFAULT_ROOT = Path("~/.minari/datasets")
+
+
+@contextmanager
+def _minari_datasets_path(root: Path):
+    """Point Minari at ``root`` for the duration of a call, restoring the caller's setting afterwards."""
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+def _jsonable(value, what: str):
+    def convert(obj):
+        if isinstance(obj, np.generic | np.ndarray):
+            return obj.tolist()
+        if isinstance(obj, Path):
+            return str(obj)
+        raise TypeError(f"{type(obj).__name__} is not JSON-serializable")
+
+    try:
+        return json.loads(json.dumps(value, default=convert))
+    except (TypeError, ValueError) as err:
+        raise DatasetError(f"{what}: {err}") from None
+
+
+def _check_minari_dataset_id(dataset_id: str) -> None:
+    # Minari parses ids as (namespace/)name-v<version> and fails with a TypeError when the version is missing.
+    if not re.fullmatch(r"(?:[-_\w][-_\w/]*[-_\w]+/)?[-_.\w]+-v\d+", dataset_id):
+        raise DatasetError(f"Minari dataset id {dataset_id!r} must look like '(namespace/)name-v<version>', "
+                           f"e.g. 'flowpolicy/hopper-expert-v0'")
+
+
+def _flat_box_space(space, env_id: str):
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        return space
+    try:
+        return gym.spaces.flatten_space(space)
+    except NotImplementedError:
+        raise DatasetError(f"{env_id}: space {space} cannot be flattened into the vectors episodes hold") from None
+
+
+def _flag_on_last_step(length: int, flag: bool) -> np.ndarray:
+    """Minari's per-step terminations/truncations: an episode can only end on its last step."""
+    flags = np.zeros(length, dtype=bool)
+    flags[-1] = flag
+    return flags
+
+
+def write_minari_dataset(dataset_id: str, env_id: str, episodes: list[Episode], data_dir: str | Path,
+                         metadata: dict | None = None, ref_min_score: float | None = None,
+                         ref_max_score: float | None = None, algorithm_name: str = "",
+                         description: str = "") -> Path:
+    """Write ``episodes`` as the local Minari dataset ``data_dir/dataset_id``; returns that directory.
+
+    The episodes must match ``env_id``'s (flattened) observation and action sizes. Seeds, reference scores
+    and ``metadata`` (a JSON-able dict) are stored as described in the module docstring and come back from
+    :func:`load_minari_dataset`. An existing dataset is never overwritten; a failed write removes what it
+    created.
+    """
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    _check_minari_dataset_id(dataset_id)
+    user_metadata = _jsonable(dict(metadata or {}), f"metadata of dataset {dataset_id}")
+    shadowed = sorted(_RESERVED_METADATA_KEYS.intersection(user_metadata))
+    if shadowed:
+        raise DatasetError(f"metadata of dataset {dataset_id}: keys {shadowed} are reserved (filled on load)")
+    root = Path(data_dir).expanduser().resolve()
+    dataset_dir = root / dataset_id
+    if dataset_dir.exists():
+        raise DatasetError(f"{dataset_dir} already exists; choose another dataset id or delete it")
+
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as err:
+        raise DatasetError(f"unknown environment {env_id!r}: {err}") from None
+    try:
+        observation_space = _flat_box_space(env.observation_space, env_id)
+        action_space = _flat_box_space(env.action_space, env_id)
+        check_matches_env(episodes, observation_space.shape[0], action_space.shape[0],
+                          f"dataset {dataset_id}", env_id)
+        buffers = [
+            EpisodeBuffer(
+                seed=ep.seed,
+                observations=ep.observations,
+                actions=ep.actions,
+                rewards=ep.rewards,
+                terminations=_flag_on_last_step(ep.length, ep.terminated),
+                truncations=_flag_on_last_step(ep.length, ep.truncated),
+            )
+            for ep in episodes
+        ]
+        both_scores = ref_min_score is not None and ref_max_score is not None
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            with _minari_datasets_path(root), warnings.catch_warnings():
+                # Minari nags about unset author/e-mail/permalink; these datasets are made by a tool, not a person.
+                warnings.filterwarnings("ignore", message=r"`(author|author_email|code_permalink)` is set to None")
+                dataset = minari.create_dataset_from_buffers(
+                    dataset_id, buffers, env=env, eval_env=env.spec,
+                    observation_space=observation_space, action_space=action_space,
+                    ref_min_score=float(ref_min_score) if both_scores else None,
+                    ref_max_score=float(ref_max_score) if both_scores else None,
+                    algorithm_name=algorithm_name, description=description,
+                )
+                extra = {_OUR_METADATA_KEY: {"env_id": env_id, "metadata": user_metadata}}
+                if not both_scores:
+                    extra.update({key: float(score) for key, score in
+                                  (("ref_min_score", ref_min_score), ("ref_max_score", ref_max_score))
+                                  if score is not None})
+                dataset.storage.update_metadata(extra)
+        except BaseException:
+            shutil.rmtree(dataset_dir, ignore_errors=True)
+            raise
+    finally:
+        env.close()
+    return dataset_dir
+
+
+def _holds_minari_data(directory: Path) -> bool:
+    return (directory / "metadata.json").is_file() and (directory / "main_data.hdf5").is_file()
+
+
+def _find_minari_data(dataset_id_or_path: str | Path, data_dir: str | Path | None) -> Path:
+    """The ``data`` directory of a local dataset given by id (under the datasets root) or by path."""
+    candidates = []
+    if isinstance(dataset_id_or_path, str):
+        if data_dir is not None:
+            root = Path(data_dir)
+        elif os.environ.get("MINARI_DATASETS_PATH"):
+            root = Path(os.environ["MINARI_DATASETS_PATH"])
+        else:
+            root = _MINARI_DEFAULT_ROOT
+        candidates.append(root.expanduser() / dataset_id_or_path)
+    as_path = Path(dataset_id_or_path).expanduser()
+    if as_path not in candidates:
+        candidates.append(as_path)
+    for candidate in candidates:
+        for data_path in (candidate / "data", candidate):
+            if _holds_minari_data(data_path):
+                return data_path
+    looked = " and ".join(str(c.resolve()) for c in candidates)
+    raise DatasetError(f"no local Minari dataset {str(dataset_id_or_path)!r}: looked in {looked} "
+                       f"(datasets are never downloaded; make one with `flowpolicy collect`)")
+
+
+def _flat_observations(observations) -> np.ndarray:
+    if isinstance(observations, dict):  # Dict spaces: concatenate keys in sorted order, as gymnasium flattens
+        parts = [_flat_observations(observations[key]) for key in sorted(observations)]
+        return np.concatenate(parts, axis=1)
+    if isinstance(observations, tuple | list):
+        return np.concatenate([_flat_observations(part) for part in observations], axis=1)
+    array = np.asarray(observations)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise DatasetError(f"observations of dtype {array.dtype} are not numeric vectors")
+    return array.reshape(array.shape[0], -1)
+
+
+def load_minari_dataset(dataset_id_or_path: str | Path, data_dir: str | Path | None = None
+                        ) -> tuple[list[Episode], dict]:
+    """Load a local Minari dataset (never downloads) into episodes plus a metadata dict.
+
+    ``dataset_id_or_path`` is an id looked up under ``data_dir`` (else ``$MINARI_DATASETS_PATH``, else
+    ``~/.minari/datasets``), or a dataset directory (the one holding ``data/``, or ``data/`` itself). The
+    metadata holds ``dataset_id``, ``path`` (the dataset directory), ``env_id``, ``seeds`` (one per episode,
+    None where unknown), ``total_episodes``, ``total_steps``, ``ref_min_score``/``ref_max_score`` (None when
+    absent), ``algorithm_name``, ``description``, ``minari_version`` and every key of the ``metadata`` given
+    to :func:`write_minari_dataset`.
+    """
+    import minari
+
+    data_path = _find_minari_data(dataset_id_or_path, data_dir)
+    source = str(data_path.parent)
+    try:
+        dataset = minari.MinariDataset(data_path)
+        raw = dataset.storage.metadata
+        episode_metadata = list(dataset.storage.get_episode_metadata(dataset.episode_indices))
+        episodes = []
+        for data, info in zip(dataset.iterate_episodes(), episode_metadata, strict=True):
+            episodes.append(Episode(
+                observations=_flat_observations(data.observations),
+                actions=np.asarray(data.actions).reshape(len(data), -1),
+                rewards=data.rewards,
+                terminated=bool(data.terminations[-1]),
+                truncated=bool(data.truncations[-1]),
+                seed=info.get("seed"),
+            ))
+    except DatasetError as err:
+        raise DatasetError(f"{source}: {err}") from None
+    except (OSError, KeyError, ValueError, AssertionError) as err:
+        raise DatasetError(f"{source}: cannot read Minari dataset: {err}") from None
+
+    ours = raw.get(_OUR_METADATA_KEY, {})
+    env_id = dataset.env_spec.id if dataset.env_spec is not None else ours.get("env_id")
+    info = dict(ours.get("metadata", {}))
+    info.update({
+        "dataset_id": dataset.id,
+        "path": source,
+        "env_id": env_id,
+        "seeds": [ep.seed for ep in episodes],
+        "total_episodes": len(episodes),
+        "total_steps": int(sum(ep.length for ep in episodes)),
+        "ref_min_score": raw.get("ref_min_score"),
+        "ref_max_score": raw.get("ref_max_score"),
+        "algorithm_name": raw.get("algorithm_name", ""),
+        "description": raw.get("description", ""),
+        "minari_version": dataset.minari_version,
+    })
+    return episodes, info
+
+
+# --------------------------------------------------------------------------------------- robomimic hdf5
+
+_ROBOMIMIC_GYM_ENV_TYPE = 2  # robomimic's EnvType.GYM_TYPE
+
+
+def write_robomimic_hdf5(path: str | Path, episodes: list[Episode], env_id: str, obs_key: str = "state") -> Path:
+    """Write ``episodes`` in robomimic's layout, the whole observation vector under one ``obs_key``.
+
+    ``dones`` is 1 only on the last step of a terminated episode. Written to a temporary file and renamed,
+    so an interrupted write leaves no half file at ``path``.
+    """
+    path = Path(path)
+    if not episodes:
+        raise DatasetError(f"{path}: refusing to write a dataset with no episodes")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(temporary, "w") as file:
+            data = file.create_group("data")
+            data.attrs["total"] = int(sum(ep.length for ep in episodes))
+            data.attrs["env_args"] = json.dumps({"env_name": env_id, "type": _ROBOMIMIC_GYM_ENV_TYPE,
+                                                 "env_kwargs": {}})
+            for i, ep in enumerate(episodes):
+                demo = data.create_group(f"demo_{i}")
+                demo.attrs["num_samples"] = ep.length
+                if ep.seed is not None:
+                    demo.attrs["seed"] = ep.seed
+                demo.create_dataset("actions", data=ep.actions)
+                demo.create_dataset("rewards", data=ep.rewards)
+                dones = np.zeros(ep.length, dtype=np.int64)
+                dones[-1] = int(ep.terminated)
+                demo.create_dataset("dones", data=dones)
+                demo.create_group("obs").create_dataset(obs_key, data=ep.observations[:-1])
+                demo.create_group("next_obs").create_dataset(obs_key, data=ep.observations[1:])
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def _demo_order(name: str) -> tuple[int, str]:
+    match = re.fullmatch(r"demo_(\d+)", name)
+    return (int(match.group(1)), name) if match else (-1, name)
+
+
+def _member(group: h5py.Group, key: str, path: Path):
+    if key not in group:
+        raise DatasetError(f"{path}: {group.name} has no {key!r}")
+    return group[key]
+
+
+def _stacked_observations(group: h5py.Group, obs_keys: list[str], path: Path, rows: slice) -> np.ndarray:
+    parts = []
+    for key in obs_keys:
+        if key not in group:
+            raise DatasetError(f"{path}: {group.name} has no observation key {key!r} "
+                               f"(it has: {', '.join(sorted(group.keys())) or 'none'})")
+        values = np.asarray(group[key][rows], dtype=np.float32)
+        parts.append(values.reshape(values.shape[0], -1))
+    return np.concatenate(parts, axis=1)
+
+
+def read_robomimic_hdf5(path: str | Path, obs_keys: list[str] | None = None) -> tuple[list[Episode], dict]:
+    """Read a robomimic hdf5 file into episodes (observations = concatenated ``obs_keys``) and metadata.
+
+    ``obs_keys`` defaults to all keys of the first demo's ``obs`` group, sorted. o_T is ``next_obs[-1]``; an
+    episode whose last ``dones`` is 1 is terminated, otherwise truncated. The metadata holds ``env_id``
+    (``env_args["env_name"]``), ``env_args``, ``obs_keys``, ``seeds`` (None where the file has none),
+    ``total`` and ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"robomimic dataset {path} not found")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as err:
+        raise DatasetError(f"{path}: not a readable hdf5 file ({err})") from None
+    with file:
+        data = _member(file, "data", path)
+        try:
+            env_args = json.loads(data.attrs["env_args"])
+        except KeyError:
+            raise DatasetError(f"{path}: /data has no attribute 'env_args'") from None
+        except (TypeError, json.JSONDecodeError) as err:
+            raise DatasetError(f"{path}: /data attribute 'env_args' is not JSON ({err})") from None
+        demo_names = sorted((name for name in data.keys() if name.startswith("demo_")), key=_demo_order)
+        if not demo_names:
+            raise DatasetError(f"{path}: /data holds no demo_<i> groups")
+        if obs_keys is None:
+            obs_keys = sorted(_member(data[demo_names[0]], "obs", path).keys())
+        obs_keys = list(obs_keys)
+        if not obs_keys:
+            raise DatasetError(f"{path}: no observation keys to read")
+        episodes = []
+        for name in demo_names:
+            demo = data[name]
+            actions = np.asarray(_member(demo, "actions", path)[()], dtype=np.float32)
+            steps = actions.shape[0]
+            first = _stacked_observations(_member(demo, "obs", path), obs_keys, path, slice(None))
+            final = _stacked_observations(_member(demo, "next_obs", path), obs_keys, path, slice(-1, None))
+            dones = np.asarray(_member(demo, "dones", path)[()])
+            if first.shape[0] != steps or dones.shape[0] != steps:
+                raise DatasetError(f"{path}: {demo.name} has {steps} actions but {first.shape[0]} observations "
+                                   f"and {dones.shape[0]} dones")
+            seed = demo.attrs.get("seed")
+            terminated = steps > 0 and bool(dones[-1])
+            try:
+                episodes.append(Episode(
+                    observations=np.concatenate([first, final]),
+                    actions=actions.reshape(steps, -1),
+                    rewards=np.asarray(_member(demo, "rewards", path)[()]).reshape(-1),
+                    terminated=terminated,
+                    truncated=not terminated,
+                    seed=None if seed is None else int(seed),
+                ))
+            except DatasetError as err:
+                raise DatasetError(f"{path}: {demo.name}: {err}") from None
+        total = data.attrs.get("total")
+    info = {
+        "env_id": env_args.get("env_name"),
+        "env_args": env_args,
+        "obs_keys": obs_keys,
+        "seeds": [ep.seed for ep in episodes],
+        "total": int(total) if total is not None else int(sum(ep.length for ep in episodes)),
+        "path": str(path),
+    }
+    return episodes, info
