@@ -110,6 +110,32 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a pretrained policy with online RL (the algorithm named in the config) and print the
+    deterministic evaluation return before and after. With --resume RUN_DIR, continue that run exactly
+    where it stopped (its saved config is used; overrides still apply)."""
+    from agents.finetune import FinetuneConfig, finetune, load_run_config
+    from flowpolicy.config import apply_overrides, from_dict, load_config, to_dict
+
+    if args.resume:
+        cfg = from_dict(FinetuneConfig, apply_overrides(to_dict(load_run_config(args.resume)), args.overrides))
+        cfg.out = args.resume
+    elif args.config:
+        cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    else:
+        raise CLIError("give --config FILE (or --resume RUN_DIR)")
+    s = finetune(cfg, resume=bool(args.resume))
+
+    def fmt(ret, score):
+        return f"{ret:.1f}" + (f" (normalized {score:.1f})" if score is not None else "")
+
+    print(f"{cfg.algorithm} on {cfg.env_id}: return before {fmt(s['initial_return'], s['initial_normalized_score'])}"
+          f" -> after {fmt(s['final_return'], s['final_normalized_score'])}; best "
+          f"{fmt(s['best_return'], s['best_normalized_score'])}; {s['env_steps']:,} env steps in {s['wall_s']:.0f} s "
+          f"({s['env_steps_per_s']:.0f} steps/s). Run: {cfg.out}")
+    return 0
+
+
 class CLIError(RuntimeError):
     """A user-facing error of a command line invocation."""
 
@@ -146,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     pt.set_defaults(func=cmd_pretrain)
 
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained policy with online RL",
+                        description=cmd_finetune.__doc__)
+    ft.add_argument("--config", default=None, help="YAML config, e.g. configs/hopper/reinflow.yaml")
+    ft.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run")
+    ft.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    ft.set_defaults(func=cmd_finetune)
+
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint in simulation", description=cmd_evaluate.__doc__)
     ev.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
     ev.add_argument("--env", default=None, help="gymnasium env id (default: the one the checkpoint was made for)")
@@ -175,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, ConfigError, CLIError, ValueError) as err:
+    except (CheckpointError, ConfigError, CLIError, ValueError, FloatingPointError) as err:
         print(f"flowpolicy {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,263 @@
+"""ReinFlow: PPO fine-tuning of a flow policy made stochastic by a learned noise network.
+
+Rollouts sample each action chunk with the ``reinflow`` sampler — every Euler step gets Gaussian noise
+σ(t, obs) ∈ [σ_min, σ_max] from :class:`flowpolicy.noise.NoiseNet` — so the whole denoising chain has an
+exact likelihood, the sum of K Gaussian step log-densities. PPO then optimizes the clipped surrogate over
+that chain likelihood.
+
+**Log-prob reduction (a deliberate choice).** The chain log-prob is summed over K steps and D = H·A
+action-chunk dimensions; its PPO ratio exp(Σ Δ) compounds K·D small per-dimension changes, so a tiny
+parameter step moves it a lot. We use the *per-dimension mean* ``Σ_k Σ_d log p / (K·D)`` (default,
+``logprob_reduction: mean``), whose ratio is the geometric mean of the per-dimension ratios: at the
+on-policy point its gradient is the true policy gradient scaled by 1/(K·D), and the clip range then
+bounds the average per-dimension change. ReinFlow does the same (divides by (K+1)·H·A); the clip range
+of 0.01 is tuned to this scale. ``logprob_reduction: sum`` gives the joint ratio (use a much smaller
+step size).
+
+Also here: value loss, noise-entropy bonus (mean log σ), target-KL early stop, gradient clipping, cosine
+learning rates, critic warm-up, an optional BC regularizer toward the frozen pretrained policy, and a
+σ_max schedule. The ratio == 1 check on the first minibatch of every update is an assertion.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.buffers import RolloutBuffer
+from envs.vector import VecEnv
+from flowpolicy.networks import MLP
+from flowpolicy.noise import NoiseNet
+from flowpolicy.policy import Policy
+from flowpolicy.samplers import grid_times
+
+
+class RatioCheckError(AssertionError):
+    """PPO's ratio was not 1 on the first minibatch: rollout and recomputation disagree."""
+
+
+@dataclass
+class ReinFlowConfig:
+    num_envs: int = 16
+    num_steps: int = 128  # decisions per env per iteration
+    K: int | None = None  # denoising steps (default: the policy's)
+    gamma: float = 0.99  # per decision
+    gae_lambda: float = 0.95
+    update_epochs: int = 5
+    minibatch_size: int = 1024
+    clip_range: float = 0.01
+    logprob_reduction: str = "mean"  # mean | sum
+    ent_coef: float = 0.03
+    bc_coef: float = 0.0
+    actor_lr: float = 4.5e-5
+    noise_lr: float = 4.5e-5
+    critic_lr: float = 6.5e-4
+    lr_min_fraction: float = 0.1  # cosine schedules decay to this fraction of the initial rates
+    max_grad_norm: float = 1.0
+    target_kl: float | None = 1.0
+    critic_warmup_iterations: int = 2
+    sigma_min: float = 0.10
+    sigma_max: float = 0.24
+    sigma_max_end: float | None = None  # linear schedule of the upper σ bound over the run
+    noise_hidden: list[int] = field(default_factory=lambda: [64, 64])
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    normalize_rewards: bool = True  # divide rewards by a running std of the discounted return
+    ratio_check_tol: float = 1e-4
+
+
+class RunningReturnScale:
+    """Reward scaling by the running std of the per-env discounted return (as gymnasium's NormalizeReward)."""
+
+    def __init__(self, num_envs: int, gamma: float):
+        self.gamma = gamma
+        self.returns = np.zeros(num_envs)
+        self.count, self.mean, self.var = 1e-4, 0.0, 1.0
+
+    def __call__(self, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
+        self.returns = self.returns * self.gamma + rewards
+        batch_mean, batch_var, n = self.returns.mean(), self.returns.var(), len(self.returns)
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+        self.returns[done] = 0.0
+        return rewards / math.sqrt(self.var + 1e-8)
+
+    def state(self) -> dict:
+        return {"returns": self.returns.tolist(), "count": self.count, "mean": self.mean, "var": self.var}
+
+    def load(self, state: dict) -> None:
+        self.returns = np.asarray(state["returns"], dtype=np.float64)
+        self.count, self.mean, self.var = state["count"], state["mean"], state["var"]
+
+
+class ReinFlowLearner:
+    name = "reinflow"
+
+    def __init__(self, policy: Policy, env_id: str, config: ReinFlowConfig, total_iterations: int, seed: int = 0,
+                 device: str = "cpu"):
+        if policy.config.kind not in ("flow", "shortcut"):
+            raise ValueError(f"ReinFlow fine-tunes flow policies; this policy is {policy.config.kind!r}")
+        if config.logprob_reduction not in ("mean", "sum"):
+            raise ValueError(f"logprob_reduction must be 'mean' or 'sum', got {config.logprob_reduction!r}")
+        self.cfg, self.seed, self.device = config, seed, torch.device(device)
+        self.total_iterations = total_iterations
+        self.policy = policy.to(self.device).train()
+        pc = policy.config
+        self.K = config.K or pc.num_steps
+        self.D = pc.chunk_dim
+        self.noise = NoiseNet(pc.chunk_dim, pc.cond_dim, config.sigma_min, config.sigma_max,
+                              hidden=tuple(config.noise_hidden)).to(self.device)
+        self.critic = MLP(pc.cond_dim, list(config.critic_hidden), 1).to(self.device)
+        self.reference = copy.deepcopy(policy).eval().requires_grad_(False) if config.bc_coef > 0 else None
+        self.sampler = policy.make_sampler("reinflow", K=self.K, noise_fn=self.noise)
+        self.actor_opt = torch.optim.Adam([{"params": self.policy.parameters(), "lr": config.actor_lr},
+                                           {"params": self.noise.parameters(), "lr": config.noise_lr}])
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.envs = VecEnv(env_id, config.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.reward_scale = RunningReturnScale(config.num_envs, config.gamma) if config.normalize_rewards else None
+        self.buffer = RolloutBuffer(config.num_steps, config.num_envs, pc.cond_dim, (self.K + 1, self.D), self.device)
+        self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
+
+    # -- interface for the runner -----------------------------------------------------------------
+    def eval_policy(self) -> Policy:
+        return self.policy
+
+    def training_state(self):
+        modules = {"policy": self.policy, "noise": self.noise, "critic": self.critic}
+        optimizers = {"actor": self.actor_opt, "critic": self.critic_opt}
+        extra = {"reward_scale": self.reward_scale.state() if self.reward_scale else None}
+        return modules, optimizers, {"learner": self.generator}, extra
+
+    def load_extra(self, extra: dict) -> None:
+        if self.reward_scale and extra.get("reward_scale"):
+            self.reward_scale.load(extra["reward_scale"])
+
+    def value(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.critic(cond).squeeze(-1)
+
+    # -- schedules --------------------------------------------------------------------------------
+    def _schedule(self, iteration: int) -> None:
+        c = self.cfg
+        progress = iteration / max(1, self.total_iterations - 1)
+        factor = c.lr_min_fraction + (1 - c.lr_min_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+        self.actor_opt.param_groups[0]["lr"] = c.actor_lr * factor
+        self.actor_opt.param_groups[1]["lr"] = c.noise_lr * factor
+        self.critic_opt.param_groups[0]["lr"] = c.critic_lr * factor
+        if c.sigma_max_end is not None:
+            self.noise.set_bounds(c.sigma_min, c.sigma_max + (c.sigma_max_end - c.sigma_max) * progress)
+
+    # -- rollout ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self, iteration: int) -> dict:
+        self._schedule(iteration)
+        obs = self.envs.reset(seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs)
+        if self.reward_scale:
+            self.reward_scale.returns[:] = 0.0  # episodes restart at every iteration
+        self.buffer.reset()
+        act_steps = self.policy.config.act_steps
+        episode_returns, episode_lengths, env_steps = [], [], 0
+        while not self.buffer.full:
+            cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+            chain = self.policy.sample(cond, self.sampler, self.K, self.generator)
+            actions = self.policy.env_actions(chain.actions)[:, :act_steps].cpu().numpy()
+            out = self.envs.step(actions)
+            rewards = self.reward_scale(out.reward, out.done) if self.reward_scale else out.reward
+            next_cond = self.policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=self.device))
+            # the rollout's last decision is cut by the iteration boundary: bootstrap it like a truncation
+            truncated = out.truncated | (self.buffer.step == self.buffer.T - 1)
+            self.buffer.add(cond, chain.xs, chain.log_probs, self.value(cond), rewards, out.terminated, truncated,
+                            next_cond)
+            episode_returns += out.episode_returns
+            episode_lengths += out.episode_lengths
+            env_steps += int(out.env_steps.sum())
+            obs = out.obs
+        self.buffer.finish(self.value, self.cfg.gamma, self.cfg.gae_lambda)
+        return {"env_steps": env_steps, "episode_returns": episode_returns, "episode_lengths": episode_lengths}
+
+    # -- update -----------------------------------------------------------------------------------
+    def _reduce(self, step_log_probs: torch.Tensor) -> torch.Tensor:
+        total = step_log_probs.sum(-1)
+        return total / (self.K * self.D) if self.cfg.logprob_reduction == "mean" else total
+
+    def _noise_log_std(self, cond: torch.Tensor, chains: torch.Tensor) -> torch.Tensor:
+        """Mean log σ over the chain's steps and dimensions (the Gaussian entropy up to a constant)."""
+        B = chains.shape[0]
+        x = chains[:, :-1].reshape(B * self.K, self.D)
+        t = grid_times(torch.arange(self.K, device=self.device).repeat(B), self.K).to(x.dtype)
+        return self.noise(x, t, cond.repeat_interleave(self.K, 0)).log().mean()
+
+    def update(self, iteration: int) -> dict:
+        c = self.cfg
+        actor_active = iteration >= c.critic_warmup_iterations
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
+                                                         "clipfrac", "bc_loss", "ratio_max_dev")}
+        first = True
+        stop = False
+        for _epoch in range(c.update_epochs):
+            for mb in self.buffer.minibatches(c.minibatch_size, self.generator):
+                value_loss = 0.5 * (self.value(mb["cond"]) - mb["returns"]).square().mean()
+                self.critic_opt.zero_grad(set_to_none=True)
+                value_loss.backward()
+                nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
+                self.critic_opt.step()
+                stats["value_loss"].append(value_loss.item())
+                if not actor_active:
+                    continue
+
+                new_lp = self._reduce(self.policy.chain_log_prob(mb["cond"], mb["chains"], self.sampler))
+                log_ratio = new_lp - self._reduce(mb["log_probs"])
+                ratio = log_ratio.exp()
+                if first:
+                    deviation = (ratio - 1).abs().max().item()
+                    if deviation > c.ratio_check_tol:
+                        raise RatioCheckError(f"PPO ratio deviates from 1 by {deviation:.2e} on the first minibatch of "
+                                              f"iteration {iteration}: rollout and recomputation disagree")
+                    stats["ratio_max_dev"].append(deviation)
+                    first = False
+                adv = mb["advantages"]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                policy_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
+                entropy = self._noise_log_std(mb["cond"], mb["chains"])
+                loss = policy_loss - c.ent_coef * entropy
+                if self.reference is not None:
+                    with torch.no_grad():
+                        target = self.reference.sample(mb["cond"], K=self.K, generator=self.generator).actions
+                    bc_loss = self.policy.bc_loss(mb["cond"], target, generator=self.generator)
+                    loss = loss + c.bc_coef * bc_loss
+                    stats["bc_loss"].append(bc_loss.item())
+                self.actor_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(list(self.policy.parameters()) + list(self.noise.parameters()),
+                                         c.max_grad_norm)
+                self.actor_opt.step()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean().item()
+                stats["policy_loss"].append(policy_loss.item())
+                stats["entropy"].append(entropy.item())
+                stats["approx_kl"].append(approx_kl)
+                stats["clipfrac"].append(((ratio - 1).abs() > c.clip_range).float().mean().item())
+                if c.target_kl is not None and approx_kl > c.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+
+        values, returns = self.buffer.values.flatten(), self.buffer.returns.flatten()
+        explained = 1 - (returns - values).var() / (returns.var() + 1e-8)
+        out = {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v and k not in ("clipfrac",)}
+        if stats["clipfrac"]:
+            out["charts/clipfrac"] = float(np.mean(stats["clipfrac"]))
+        out["losses/explained_variance"] = explained.item()
+        out["charts/noise_std"] = math.exp(stats["entropy"][-1]) if stats["entropy"] else float("nan")
+        out["charts/actor_lr"] = self.actor_opt.param_groups[0]["lr"]
+        out["charts/kl_early_stop"] = float(stop)
+        if not stats["entropy"]:
+            out.pop("charts/noise_std")
+        return out

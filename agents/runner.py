@@ -1,0 +1,203 @@
+"""The one training runner every online learner uses: iterations of collect → update, periodic
+deterministic evaluation, TensorBoard, a progress bar, checkpoints, exact resume and a non-finite guard.
+
+A learner implements the small :class:`Learner` interface; the runner owns everything around it. A run
+directory holds::
+
+    events.out.tfevents*       TensorBoard scalars (CleanRL-style names: charts/episodic_return,
+                               losses/policy_loss, losses/approx_kl, charts/clipfrac, perf/env_steps_per_s …)
+    checkpoints/last/          policy checkpoint + training_state.* (what --resume continues from)
+    checkpoints/best/          policy with the best evaluation return so far
+    policy/                    the final policy (load_agent / flowpolicy evaluate)
+    config.json                the resolved configuration
+    summary.json               initial/final/best return and normalized score, env_steps, wall_s, env_steps_per_s
+
+Exact resume: every iteration resets its envs with seeds derived from (seed, iteration) and all
+randomness flows through generators saved in the training state, so a run resumed from ``last`` repeats
+the numbers an uninterrupted run would have produced (CPU). Resetting at iteration boundaries ends
+episodes early; those ends are truncations, which GAE bootstraps.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agents.state import load_training_state, save_training_state
+from envs.evaluation import evaluate_agent
+from envs.registry import get_task
+from flowpolicy.agent import Agent
+from flowpolicy.checkpoint import atomic_write_json, save_policy
+from flowpolicy.policy import Policy
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or parameter became NaN/inf; the message names the iteration and the kept checkpoint."""
+
+
+@dataclass
+class RunnerConfig:
+    total_env_steps: int = 1_000_000
+    eval_every: int = 5  # iterations; 0 = only at the start and the end
+    eval_episodes: int = 10
+    checkpoint_every: int = 1  # iterations
+    progress: bool = True
+
+
+class Learner(Protocol):
+    env_steps_per_iteration: int
+
+    def collect(self, iteration: int) -> dict: ...  # rollout metrics; "episode_returns": list[float]
+
+    def update(self, iteration: int) -> dict: ...  # scalars named like "losses/policy_loss"
+
+    def eval_policy(self) -> Policy: ...  # the deterministic policy that is evaluated and saved
+
+    def training_state(self) -> tuple[dict, dict, dict, dict]: ...  # modules, optimizers, generators, extra
+
+    def load_extra(self, extra: dict) -> None: ...
+
+
+def _all_finite(metrics: dict, modules: dict) -> str | None:
+    for key, value in metrics.items():
+        if isinstance(value, float | int) and not math.isfinite(value):
+            return key
+    for name, module in modules.items():
+        for pname, p in module.named_parameters():
+            if not torch.isfinite(p).all():
+                return f"{name}.{pname}"
+    return None
+
+
+class Runner:
+    def __init__(self, learner: Learner, config: RunnerConfig, env_id: str, run_dir: str | Path, seed: int = 0,
+                 metadata: dict | None = None):
+        self.learner, self.cfg, self.env_id, self.seed = learner, config, env_id, seed
+        self.run_dir = Path(run_dir)
+        self.metadata = metadata or {}
+        self.task = get_task(env_id)
+        self.iterations = max(1, math.ceil(config.total_env_steps / learner.env_steps_per_iteration))
+
+    # -- evaluation and checkpoints ---------------------------------------------------------------
+    def evaluate(self) -> dict:
+        agent = Agent(self.learner.eval_policy(), seed=self.seed)
+        result = evaluate_agent(agent, self.env_id, self.cfg.eval_episodes, seed=1_000_000 + self.seed)
+        self.learner.eval_policy().train()
+        return result.to_dict()
+
+    def _save(self, name: str, iteration: int, state: dict, with_training_state: bool) -> None:
+        target = self.run_dir / "checkpoints" / name
+        tmp = self.run_dir / "checkpoints" / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_policy(self.learner.eval_policy(), tmp, metadata={**self.metadata, "env_id": self.env_id,
+                                                               "iteration": iteration, "env_steps": state["env_steps"]})
+        if with_training_state:
+            modules, optimizers, generators, extra = self.learner.training_state()
+            save_training_state(tmp, modules, optimizers, generators, {"runner": state, "learner": extra})
+        # swap in the new directory; the old one stays complete until the rename
+        old = self.run_dir / "checkpoints" / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"iteration": 0, "env_steps": 0, "wall_s": 0.0, "initial_eval": None, "best_eval": None,
+                 "last_eval": None}
+        if resume:
+            modules, optimizers, generators, _ = self.learner.training_state()
+            extra = load_training_state(self.run_dir / "checkpoints" / "last", modules, optimizers, generators)
+            state.update(extra["runner"])
+            self.learner.load_extra(extra["learner"])
+        writer = SummaryWriter(str(self.run_dir))
+        start_wall = time.time() - state["wall_s"]
+        if state["initial_eval"] is None:
+            state["initial_eval"] = state["last_eval"] = self.evaluate()
+            self._log_eval(writer, state["initial_eval"], 0)
+
+        bar = tqdm(total=self.iterations * self.learner.env_steps_per_iteration, initial=state["env_steps"],
+                   unit="step", desc=f"{self.metadata.get('algorithm', 'finetune')} {self.env_id}",
+                   disable=not self.cfg.progress or None, dynamic_ncols=True)
+        last_return = None
+        for iteration in range(state["iteration"], self.iterations):
+            t0 = time.time()
+            rollout = self.learner.collect(iteration)
+            t1 = time.time()
+            metrics = self.learner.update(iteration)
+            t2 = time.time()
+            modules = self.learner.training_state()[0]
+            bad = _all_finite(metrics, modules)
+            if bad is not None:
+                bar.close()
+                writer.close()
+                raise NonFiniteError(f"non-finite {bad} at iteration {iteration}; the last good checkpoint is "
+                                     f"{self.run_dir / 'checkpoints' / 'last'} (iteration {state['iteration']})")
+            state["env_steps"] += rollout["env_steps"]
+            state["iteration"] = iteration + 1
+            step = state["env_steps"]
+            returns = rollout.get("episode_returns", [])
+            if returns:
+                last_return = float(np.mean(returns))
+                writer.add_scalar("charts/episodic_return", last_return, step)
+                writer.add_scalar("charts/episodic_length", float(np.mean(rollout["episode_lengths"])), step)
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, step)
+            writer.add_scalar("perf/env_steps_per_s", rollout["env_steps"] / max(t2 - t0, 1e-9), step)
+            writer.add_scalar("perf/rollout_s", t1 - t0, step)
+            writer.add_scalar("perf/update_s", t2 - t1, step)
+            last_iteration = iteration + 1 == self.iterations
+            if last_iteration or (self.cfg.eval_every and (iteration + 1) % self.cfg.eval_every == 0):
+                state["last_eval"] = self.evaluate()
+                self._log_eval(writer, state["last_eval"], step)
+                best = state["best_eval"]
+                if best is None or state["last_eval"]["return_mean"] > best["return_mean"]:
+                    state["best_eval"] = {**state["last_eval"], "env_steps": step}
+                    self._save("best", iteration + 1, {**state}, with_training_state=False)
+            state["wall_s"] = time.time() - start_wall
+            if last_iteration or (iteration + 1) % self.cfg.checkpoint_every == 0:
+                self._save("last", iteration + 1, {**state}, with_training_state=True)
+            bar.update(rollout["env_steps"])
+            bar.set_postfix(sps=f"{rollout['env_steps'] / max(t2 - t0, 1e-9):.0f}",
+                            ret=f"{last_return:.0f}" if last_return is not None else "-",
+                            eval=f"{state['last_eval']['return_mean']:.0f}")
+        bar.close()
+        writer.close()
+        save_policy(self.learner.eval_policy(), self.run_dir / "policy",
+                    metadata={**self.metadata, "env_id": self.env_id, "env_steps": state["env_steps"],
+                              "eval": state["last_eval"]})
+        summary = self._summary(state)
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def _log_eval(self, writer, result: dict, step: int) -> None:
+        writer.add_scalar("eval/return", result["return_mean"], step)
+        if "normalized_score" in result:
+            writer.add_scalar("eval/normalized_score", result["normalized_score"], step)
+
+    def _summary(self, state: dict) -> dict:
+        wall = state["wall_s"]
+        final, initial, best = state["last_eval"], state["initial_eval"], state["best_eval"] or state["last_eval"]
+        return {
+            "env_id": self.env_id, "algorithm": self.metadata.get("algorithm"), "seed": self.seed,
+            "initial_return": initial["return_mean"], "final_return": final["return_mean"],
+            "final_return_std": final["return_std"], "best_return": best["return_mean"],
+            "initial_normalized_score": initial.get("normalized_score"),
+            "final_normalized_score": final.get("normalized_score"),
+            "best_normalized_score": best.get("normalized_score"),
+            "env_steps": state["env_steps"], "iterations": state["iteration"], "wall_s": round(wall, 1),
+            "env_steps_per_s": round(state["env_steps"] / max(wall, 1e-9), 1),
+            "eval_episodes": self.cfg.eval_episodes, "runner": asdict(self.cfg),
+        }
