@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,12 +163,14 @@ class ReinFlowLearner:
             self.reward_scale.returns[:] = 0.0  # episodes restart at every iteration
         self.buffer.reset()
         act_steps = self.policy.config.act_steps
-        episode_returns, episode_lengths, env_steps = [], [], 0
+        episode_returns, episode_lengths, env_steps, env_seconds = [], [], 0, 0.0
         while not self.buffer.full:
             cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
             chain = self.policy.sample(cond, self.sampler, self.K, self.generator)
             actions = self.policy.env_actions(chain.actions)[:, :act_steps].cpu().numpy()
+            tick = time.perf_counter()
             out = self.envs.step(actions)
+            env_seconds += time.perf_counter() - tick
             rewards = self.reward_scale(out.reward, out.done) if self.reward_scale else out.reward
             next_cond = self.policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=self.device))
             # the rollout's last decision is cut by the iteration boundary: bootstrap it like a truncation
@@ -179,7 +182,8 @@ class ReinFlowLearner:
             env_steps += int(out.env_steps.sum())
             obs = out.obs
         self.buffer.finish(self.value, self.cfg.gamma, self.cfg.gae_lambda)
-        return {"env_steps": env_steps, "episode_returns": episode_returns, "episode_lengths": episode_lengths}
+        return {"env_steps": env_steps, "episode_returns": episode_returns, "episode_lengths": episode_lengths,
+                "env_s": env_seconds}
 
     # -- update -----------------------------------------------------------------------------------
     def _reduce(self, step_log_probs: torch.Tensor) -> torch.Tensor:

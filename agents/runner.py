@@ -157,11 +157,14 @@ class Runner:
                 writer.add_scalar(key, value, step)
             writer.add_scalar("perf/env_steps_per_s", rollout["env_steps"] / max(t2 - t0, 1e-9), step)
             writer.add_scalar("perf/rollout_s", t1 - t0, step)
+            if "env_s" in rollout:  # rollout time = env stepping + policy inference (+ bookkeeping)
+                writer.add_scalar("perf/env_s", rollout["env_s"], step)
             writer.add_scalar("perf/update_s", t2 - t1, step)
             last_iteration = iteration + 1 == self.iterations
             if last_iteration or (self.cfg.eval_every and (iteration + 1) % self.cfg.eval_every == 0):
                 state["last_eval"] = self.evaluate()
                 self._log_eval(writer, state["last_eval"], step)
+                writer.add_scalar("eval/wall_s", time.time() - start_wall, step)
                 best = state["best_eval"]
                 if best is None or state["last_eval"]["return_mean"] > best["return_mean"]:
                     state["best_eval"] = {**state["last_eval"], "env_steps": step}

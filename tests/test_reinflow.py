@@ -202,3 +202,16 @@ def test_non_finite_guard_stops_and_keeps_a_loadable_checkpoint(reach_policy, tm
         finetune(reach_config(reach_policy, tmp_path))
     policy, meta = load_policy(tmp_path / "checkpoints" / "last")
     assert meta["iteration"] == 2 and all(torch.isfinite(p).all() for p in policy.parameters())
+
+
+def test_shipped_finetune_configs_are_valid():
+    from pathlib import Path
+
+    from flowpolicy.config import load_config
+
+    paths = sorted(Path("configs").glob("*/reinflow.yaml"))
+    assert len(paths) == 4
+    for path in paths:
+        cfg = load_config(FinetuneConfig, path)
+        algo = from_dict(ReinFlowConfig, cfg.algo, prefix="algo")
+        assert cfg.algorithm == "reinflow" and algo.logprob_reduction == "mean"

@@ -1,0 +1,120 @@
+"""Whole-loop throughput of ReinFlow fine-tuning vs. raw vector-env stepping vs. Stable-Baselines3 PPO,
+measured in one run on this machine (ratios, because the machines here are noisy).
+
+    python benchmarks/bench_throughput.py --config configs/hopper/reinflow.yaml --iterations 3 \
+        --out docs/results/throughput_hopper.json
+
+1. raw: the same number of envs, gymnasium SyncVectorEnv, random actions, one action per step;
+2. ours: ReinFlow iterations (rollout + PPO update) with the config's settings, split into env stepping,
+   rollout inference/bookkeeping and update;
+3. SB3 PPO (MlpPolicy, same number of envs, n_steps chosen so one rollout has the same env steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.finetune import FinetuneConfig
+from agents.reinflow import ReinFlowConfig, ReinFlowLearner
+from flowpolicy.checkpoint import load_policy
+from flowpolicy.config import from_dict, load_config
+
+
+def raw_env_steps_per_s(env_id: str, num_envs: int, steps: int, seed: int = 0) -> float:
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id)] * num_envs)
+    envs.reset(seed=seed)
+    envs.action_space.seed(seed)
+    actions = [envs.action_space.sample() for _ in range(64)]
+    start = time.perf_counter()
+    for i in range(steps // num_envs):
+        envs.step(actions[i % 64])
+    elapsed = time.perf_counter() - start
+    envs.close()
+    return (steps // num_envs) * num_envs / elapsed
+
+
+def ours(cfg: FinetuneConfig, iterations: int) -> dict:
+    policy, _ = load_policy(cfg.policy)
+    algo = from_dict(ReinFlowConfig, cfg.algo)
+    learner = ReinFlowLearner(policy, cfg.env_id, algo, total_iterations=iterations, seed=cfg.seed)
+    learner.cfg.critic_warmup_iterations = 0  # time the full update from the first iteration
+    totals = {"env_steps": 0, "env_s": 0.0, "rollout_s": 0.0, "update_s": 0.0}
+    for it in range(iterations):
+        t0 = time.perf_counter()
+        rollout = learner.collect(it)
+        t1 = time.perf_counter()
+        learner.update(it)
+        t2 = time.perf_counter()
+        totals["env_steps"] += rollout["env_steps"]
+        totals["env_s"] += rollout["env_s"]
+        totals["rollout_s"] += t1 - t0
+        totals["update_s"] += t2 - t1
+    learner.envs.close()
+    wall = totals["rollout_s"] + totals["update_s"]
+    return {**totals, "wall_s": wall, "env_steps_per_s": totals["env_steps"] / wall,
+            "inference_s": totals["rollout_s"] - totals["env_s"]}
+
+
+def sb3_ppo(env_id: str, num_envs: int, steps_per_rollout: int, rollouts: int, seed: int = 0) -> dict:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    venv = make_vec_env(env_id, n_envs=num_envs, seed=seed)
+    n_steps = max(1, steps_per_rollout // num_envs)
+    model = PPO("MlpPolicy", venv, n_steps=n_steps, batch_size=min(64 * num_envs, n_steps * num_envs), seed=seed,
+                verbose=0, device="cpu")
+    total = n_steps * num_envs * rollouts
+    start = time.perf_counter()
+    model.learn(total)
+    wall = time.perf_counter() - start
+    venv.close()
+    return {"env_steps": total, "wall_s": wall, "env_steps_per_s": total / wall, "n_steps": n_steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/hopper/reinflow.yaml")
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    algo = from_dict(ReinFlowConfig, cfg.algo)
+    ours_result = ours(cfg, args.iterations)
+    per_rollout = ours_result["env_steps"] // args.iterations
+    raw = raw_env_steps_per_s(cfg.env_id, algo.num_envs, per_rollout)
+    ppo = sb3_ppo(cfg.env_id, algo.num_envs, per_rollout, args.iterations)
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads",
+        "env_id": cfg.env_id, "num_envs": algo.num_envs, "config": args.config, "overrides": args.overrides,
+        "raw_env_steps_per_s": raw, "ours": ours_result, "sb3_ppo": ppo,
+        "ratio_ours_vs_raw": ours_result["env_steps_per_s"] / raw,
+        "ratio_ours_vs_sb3_ppo": ours_result["env_steps_per_s"] / ppo["env_steps_per_s"],
+    }
+    o = ours_result
+    print(f"{cfg.env_id}, {algo.num_envs} envs, {args.iterations} iterations of {per_rollout} env steps")
+    print(f"  raw SyncVectorEnv stepping : {raw:8.0f} env steps/s")
+    print(f"  SB3 PPO (MlpPolicy)        : {ppo['env_steps_per_s']:8.0f} env steps/s")
+    print(f"  flowpolicy ReinFlow (whole): {o['env_steps_per_s']:8.0f} env steps/s -> "
+          f"{result['ratio_ours_vs_raw']:.2f}x raw, {result['ratio_ours_vs_sb3_ppo']:.2f}x SB3 PPO")
+    print(f"  where the time goes: env {o['env_s']:.1f} s, rollout inference {o['inference_s']:.1f} s, "
+          f"update {o['update_s']:.1f} s (of {o['wall_s']:.1f} s)")
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
