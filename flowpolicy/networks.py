@@ -45,7 +45,7 @@ class SinusoidalEmbedding(nn.Module):
 class MLP(nn.Module):
     """Plain MLP: Linear → act → … → Linear."""
 
-    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, act: str = "mish"):
+    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, act: str = "silu"):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_dim
@@ -76,7 +76,7 @@ class ResidualBlock(nn.Module):
 class ResidualMLP(nn.Module):
     """Linear in → N residual blocks of constant width → activation → Linear out."""
 
-    def __init__(self, in_dim: int, width: int, num_blocks: int, out_dim: int, act: str = "mish",
+    def __init__(self, in_dim: int, width: int, num_blocks: int, out_dim: int, act: str = "silu",
                  layer_norm: bool = False):
         super().__init__()
         self.inp = nn.Linear(in_dim, width)
@@ -96,7 +96,8 @@ class NetworkConfig:
     kind: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
     num_blocks: int = 3
-    activation: str = "mish"
+    # SiLU, not ReinFlow's Mish: the same quality class, ~40% less CPU time per forward+backward.
+    activation: str = "silu"
     layer_norm: bool = False
     time_embed_dim: int = 16
 
