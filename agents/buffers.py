@@ -102,7 +102,7 @@ class RolloutBuffer:
             "log_probs": self.log_probs.reshape(n, -1), "values": self.values.reshape(n),
             "advantages": self.advantages.reshape(n), "returns": self.returns.reshape(n),
         }
-        order = torch.randperm(n, generator=generator).to(self.device)
+        order = torch.randperm(n, generator=generator, device=generator.device).to(self.device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             yield {key: value[idx] for key, value in flat.items()}

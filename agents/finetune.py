@@ -55,7 +55,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     pc = policy.config
     per_iteration = getattr(algo_cfg, "num_envs", 1) * getattr(algo_cfg, "num_steps", 1) * pc.act_steps
     iterations = max(1, math.ceil(cfg.runner.total_env_steps / per_iteration))
-    learner = learner_cls(policy, cfg.env_id, algo_cfg, iterations, seed=cfg.seed, device=cfg.device)
+    # a resumed run regularizes toward the pretrained policy, not toward where it was interrupted
+    reference = load_policy(cfg.policy, device=cfg.device)[0] if resume and cfg.policy else None
+    learner = learner_cls(policy, cfg.env_id, algo_cfg, iterations, seed=cfg.seed, device=cfg.device,
+                          reference=reference)
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", asdict(cfg))

@@ -67,8 +67,9 @@ class ReinFlowConfig:
     sigma_max_end: float | None = None  # linear schedule of the upper σ bound over the run
     noise_hidden: list[int] = field(default_factory=lambda: [64, 64])
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    critic_activation: str = "silu"
     normalize_rewards: bool = True  # divide rewards by a running std of the discounted return
-    ratio_check_tol: float = 1e-4
+    ratio_check_tol: float = 1e-5  # max |recomputed − rollout| per-step log-prob on the first minibatch
 
 
 class RunningReturnScale:
@@ -101,7 +102,9 @@ class ReinFlowLearner:
     name = "reinflow"
 
     def __init__(self, policy: Policy, env_id: str, config: ReinFlowConfig, total_iterations: int, seed: int = 0,
-                 device: str = "cpu"):
+                 device: str = "cpu", reference: Policy | None = None):
+        """``reference`` is the frozen pretrained policy for the BC regularizer (default: a copy of
+        ``policy``, which is right for a fresh run; a resumed run must pass the pretrained one)."""
         if policy.config.kind not in ("flow", "shortcut"):
             raise ValueError(f"ReinFlow fine-tunes flow policies; this policy is {policy.config.kind!r}")
         if config.logprob_reduction not in ("mean", "sum"):
@@ -114,8 +117,10 @@ class ReinFlowLearner:
         self.D = pc.chunk_dim
         self.noise = NoiseNet(pc.chunk_dim, pc.cond_dim, config.sigma_min, config.sigma_max,
                               hidden=tuple(config.noise_hidden)).to(self.device)
-        self.critic = MLP(pc.cond_dim, list(config.critic_hidden), 1).to(self.device)
-        self.reference = copy.deepcopy(policy).eval().requires_grad_(False) if config.bc_coef > 0 else None
+        self.critic = MLP(pc.cond_dim, list(config.critic_hidden), 1, act=config.critic_activation).to(self.device)
+        self.reference = None
+        if config.bc_coef > 0:
+            self.reference = copy.deepcopy(reference or policy).to(self.device).eval().requires_grad_(False)
         self.sampler = policy.make_sampler("reinflow", K=self.K, noise_fn=self.noise)
         self.actor_opt = torch.optim.Adam([{"params": self.policy.parameters(), "lr": config.actor_lr},
                                            {"params": self.noise.parameters(), "lr": config.noise_lr}])
@@ -210,9 +215,12 @@ class ReinFlowLearner:
         c = self.cfg
         actor_active = iteration >= c.critic_warmup_iterations
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
-                                                         "clipfrac", "bc_loss", "ratio_max_dev")}
+                                                         "clipfrac", "bc_loss", "logprob_max_dev")}
         first = True
         stop = False
+        # normalize advantages once over the whole rollout (a per-minibatch std is undefined for one row)
+        adv_all = self.buffer.advantages
+        self.buffer.advantages = (adv_all - adv_all.mean()) / (adv_all.std() + 1e-8)
         for _epoch in range(c.update_epochs):
             for mb in self.buffer.minibatches(c.minibatch_size, self.generator):
                 value_loss = 0.5 * (self.value(mb["cond"]) - mb["returns"]).square().mean()
@@ -224,18 +232,18 @@ class ReinFlowLearner:
                 if not actor_active:
                     continue
 
-                new_lp = self._reduce(self.policy.chain_log_prob(mb["cond"], mb["chains"], self.sampler))
-                log_ratio = new_lp - self._reduce(mb["log_probs"])
-                ratio = log_ratio.exp()
-                if first:
-                    deviation = (ratio - 1).abs().max().item()
+                step_log_probs = self.policy.chain_log_prob(mb["cond"], mb["chains"], self.sampler)
+                if first:  # θ = θ_old here: every recomputed step log-prob must equal the rollout's
+                    deviation = (step_log_probs - mb["log_probs"]).abs().max().item()
                     if deviation > c.ratio_check_tol:
-                        raise RatioCheckError(f"PPO ratio deviates from 1 by {deviation:.2e} on the first minibatch of "
-                                              f"iteration {iteration}: rollout and recomputation disagree")
-                    stats["ratio_max_dev"].append(deviation)
+                        raise RatioCheckError(f"recomputed chain log-probs deviate from the rollout's by "
+                                              f"{deviation:.2e} on the first minibatch of iteration {iteration} "
+                                              "(PPO ratio != 1)")
+                    stats["logprob_max_dev"].append(deviation)
                     first = False
+                log_ratio = self._reduce(step_log_probs) - self._reduce(mb["log_probs"])
+                ratio = log_ratio.exp()
                 adv = mb["advantages"]
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 policy_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
                 entropy = self._noise_log_std(mb["cond"], mb["chains"])
                 loss = policy_loss - c.ent_coef * entropy

@@ -167,7 +167,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip)
         opt.step()
         sched.step()
-        _ema_update(ema, policy, tc.ema_decay)
+        # EMA warm-up: early on, average over the steps so far instead of dragging the random init along
+        _ema_update(ema, policy, min(tc.ema_decay, (1 + step) / (10 + step)))
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:

@@ -189,8 +189,12 @@ def test_agent_sampler_is_selectable_at_load_time(saved):
 def test_evaluate_policy_from_stable_baselines3_works_on_the_agent(tmp_path):
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    env = gym.make("Pendulum-v1")
-    save_policy(make_policy(obs_dim=3, action_dim=1, n_obs_steps=1), tmp_path)
+    env = gym.make("Pendulum-v1")  # 200-step episodes
+    save_policy(make_policy(obs_dim=3, action_dim=1, n_obs_steps=1, horizon=6, act_steps=6), tmp_path)
     agent = load_agent(tmp_path)
-    mean, std = evaluate_policy(agent, env, n_eval_episodes=2, warn=False)
-    assert np.isfinite(mean) and mean < 0  # pendulum rewards are ≤ 0
+    counter = CountingPolicy(agent.policy)
+    returns, lengths = evaluate_policy(agent, env, n_eval_episodes=2, warn=False, return_episode_rewards=True)
+    assert lengths == [200, 200] and all(np.isfinite(returns))
+    # one chunk every 6 steps and a fresh one when the second episode starts: 2·ceil(200/6) = 68, where
+    # carrying the first episode's leftover actions over would give ceil(400/6) = 67
+    assert len(counter.calls) == 2 * 34
