@@ -123,7 +123,8 @@ def write_card(task: str, spec, r: dict) -> None:
     for variant in ("flow", "shortcut", "diffusion"):
         if f"bc_{variant}" in r:
             b = r[f"bc_{variant}"]
-            lines.append(f"| {b['label']} | {b['return_mean']:.1f} ± {b['return_std']:.1f} | {score(b['return_mean'])} |")
+            ret = f"{b['return_mean']:.1f} ± {b['return_std']:.1f}"
+            lines.append(f"| {b['label']} | {ret} | {score(b['return_mean'])} |")
     lines += ["", f"The shipped checkpoint is `{r.get('shipped_policy')}` (flow, K = 4, chunk 4).", "",
               "## Commands", "", "```bash", f"python -m pretrain.expert --env {spec.env_id} --out "
               f"data/experts/{spec.env_id} --steps 300000"]
