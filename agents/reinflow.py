@@ -35,7 +35,7 @@ from envs.vector import VecEnv
 from flowpolicy.networks import MLP
 from flowpolicy.noise import NoiseNet
 from flowpolicy.policy import Policy
-from flowpolicy.samplers import grid_times
+from flowpolicy.samplers import gaussian_log_prob
 
 
 class RatioCheckError(AssertionError):
@@ -204,13 +204,6 @@ class ReinFlowLearner:
         total = step_log_probs.sum(-1)
         return total / (self.K * self.D) if self.cfg.logprob_reduction == "mean" else total
 
-    def _noise_log_std(self, cond: torch.Tensor, chains: torch.Tensor) -> torch.Tensor:
-        """Mean log σ over the chain's steps and dimensions (the Gaussian entropy up to a constant)."""
-        B = chains.shape[0]
-        x = chains[:, :-1].reshape(B * self.K, self.D)
-        t = grid_times(torch.arange(self.K, device=self.device).repeat(B), self.K).to(x.dtype)
-        return self.noise(x, t, cond.repeat_interleave(self.K, 0)).log().mean()
-
     def update(self, iteration: int) -> dict:
         c = self.cfg
         actor_active = iteration >= c.critic_warmup_iterations
@@ -232,7 +225,9 @@ class ReinFlowLearner:
                 if not actor_active:
                     continue
 
-                step_log_probs = self.policy.chain_log_prob(mb["cond"], mb["chains"], self.sampler)
+                x_next, mean, std = self.sampler.step_distributions(self.policy.model.model_fn(self.K), mb["cond"],
+                                                                    mb["chains"], self.K)
+                step_log_probs = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
                 if first:  # θ = θ_old here: every recomputed step log-prob must equal the rollout's
                     deviation = (step_log_probs - mb["log_probs"]).abs().max().item()
                     if deviation > c.ratio_check_tol:
@@ -245,7 +240,7 @@ class ReinFlowLearner:
                 ratio = log_ratio.exp()
                 adv = mb["advantages"]
                 policy_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
-                entropy = self._noise_log_std(mb["cond"], mb["chains"])
+                entropy = std.log().mean()  # Gaussian entropy per dimension, up to a constant
                 loss = policy_loss - c.ent_coef * entropy
                 if self.reference is not None:
                     with torch.no_grad():

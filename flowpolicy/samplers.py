@@ -134,15 +134,22 @@ class Sampler:
     def log_prob(self, model_fn: ModelFn, obs: torch.Tensor, chain_xs: torch.Tensor, K: int) -> torch.Tensor:
         """Recompute the K transition log-densities [B, K] of stored chains ``chain_xs`` [B, K+1, D]
         in one batched model evaluation (the K steps are stacked along the batch)."""
+        x_next, mean, std = self.step_distributions(model_fn, obs, chain_xs, K)
+        return gaussian_log_prob(x_next, mean, std).reshape(chain_xs.shape[0], K)
+
+    def step_distributions(self, model_fn: ModelFn, obs: torch.Tensor, chain_xs: torch.Tensor, K: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All K steps of stored chains at once: ``(x_{k+1}, mean_k, std_k)``, each [B·K, D] (std may
+        broadcast), rows ordered chain-major. :meth:`log_prob` is the Gaussian density of these; learners
+        that also need σ (an entropy bonus) take it from here instead of evaluating the noise net again."""
         B, steps, D = chain_xs.shape
         if steps != K + 1:
             raise ValueError(f"chain has {steps} states but K={K} needs K+1={K + 1}")
         x_from = chain_xs[:, :-1].reshape(B * K, D)
-        x_to = chain_xs[:, 1:].reshape(B * K, D)
+        x_next = chain_xs[:, 1:].reshape(B * K, D)
         k = torch.arange(K, device=chain_xs.device).repeat(B)
-        obs_rep = obs.repeat_interleave(K, dim=0)
-        mean, std = self.transition(model_fn, x_from, k, K, obs_rep)
-        return gaussian_log_prob(x_to, mean, std).reshape(B, K)
+        mean, std = self.transition(model_fn, x_from, k, K, obs.repeat_interleave(K, dim=0))
+        return x_next, mean, std
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in vars(self).items() if not callable(v) and not k.startswith("_"))
