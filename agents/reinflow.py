@@ -141,7 +141,10 @@ class ReinFlowLearner:
         extra = {"reward_scale": self.reward_scale.state() if self.reward_scale else None}
         return modules, optimizers, {"learner": self.generator}, extra
 
-    def load_extra(self, extra: dict) -> None:
+    def training_arrays(self) -> dict:
+        return {}
+
+    def load_extra(self, extra: dict, arrays: dict) -> None:
         if self.reward_scale and extra.get("reward_scale"):
             self.reward_scale.load(extra["reward_scale"])
 

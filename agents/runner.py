@@ -63,7 +63,9 @@ class Learner(Protocol):
 
     def training_state(self) -> tuple[dict, dict, dict, dict]: ...  # modules, optimizers, generators, extra
 
-    def load_extra(self, extra: dict) -> None: ...
+    def training_arrays(self) -> dict: ...  # variable-size tensors to save (e.g. a replay buffer); may be {}
+
+    def load_extra(self, extra: dict, arrays: dict) -> None: ...
 
 
 def _all_finite(metrics: dict, modules: dict) -> str | None:
@@ -101,7 +103,8 @@ class Runner:
                                                                "iteration": iteration, "env_steps": state["env_steps"]})
         if with_training_state:
             modules, optimizers, generators, extra = self.learner.training_state()
-            save_training_state(tmp, modules, optimizers, generators, {"runner": state, "learner": extra})
+            save_training_state(tmp, modules, optimizers, generators, {"runner": state, "learner": extra},
+                                arrays=self.learner.training_arrays())
         # swap in the new directory; the old one stays complete until the rename
         old = self.run_dir / "checkpoints" / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -119,9 +122,9 @@ class Runner:
                  "last_eval": None}
         if resume:
             modules, optimizers, generators, _ = self.learner.training_state()
-            extra = load_training_state(self.run_dir / "checkpoints" / "last", modules, optimizers, generators)
+            extra, arrays = load_training_state(self.run_dir / "checkpoints" / "last", modules, optimizers, generators)
             state.update(extra["runner"])
-            self.learner.load_extra(extra["learner"])
+            self.learner.load_extra(extra["learner"], arrays)
         writer = SummaryWriter(str(self.run_dir))
         start_wall = time.time() - state["wall_s"]
         if state["initial_eval"] is None:

@@ -25,7 +25,8 @@ FORMAT_VERSION = 1
 
 def save_training_state(directory: str | Path, modules: dict[str, nn.Module],
                         optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator],
-                        extra: dict) -> None:
+                        extra: dict, arrays: dict[str, torch.Tensor] | None = None) -> None:
+    """``arrays`` are plain tensors of any shape (a replay buffer's contents), returned as they were."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -46,13 +47,16 @@ def save_training_state(directory: str | Path, modules: dict[str, nn.Module],
                                     "param_ids": sorted(state["state"])}
     for name, gen in generators.items():
         tensors[f"rng/{name}"] = gen.get_state()
+    for name, array in (arrays or {}).items():
+        tensors[f"array/{name}"] = array
     atomic_save_tensors(directory / TENSORS, tensors)
     atomic_write_json(directory / META, meta)
 
 
 def load_training_state(directory: str | Path, modules: dict[str, nn.Module],
-                        optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator]) -> dict:
-    """Restore what :func:`save_training_state` wrote into the given objects; returns ``extra``."""
+                        optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator]
+                        ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore what :func:`save_training_state` wrote into the given objects; returns ``(extra, arrays)``."""
     directory = Path(directory)
     meta_path, tensor_path = directory / META, directory / TENSORS
     if not meta_path.is_file() or not tensor_path.is_file():
@@ -84,4 +88,5 @@ def load_training_state(directory: str | Path, modules: dict[str, nn.Module],
             gen.set_state(tensors[f"rng/{name}"])
     except (KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{directory}: training state does not match this run ({err})") from None
-    return meta["extra"]
+    arrays = {k[len("array/"):]: v for k, v in tensors.items() if k.startswith("array/")}
+    return meta["extra"], arrays
