@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,13 +89,43 @@ def train_expert(env_id: str, out_dir: str | Path, config: ExpertConfig | None =
     remaining = config.total_steps - done_steps
     if remaining > 0:
         model.learn(remaining, callback=Periodic(), progress_bar=progress, reset_num_timesteps=False)
+        model.save(out / SNAPSHOT_DIR / f"sac_{model.num_timesteps}.zip")
         model.save(out / MODEL_FILE)
-    mean, std = evaluate_sac(model, env_id, 10, seed=20_000)
-    info = {"env_id": env_id, "algorithm": "SAC (stable-baselines3)", "config": asdict(config),
-            "env_steps": int(model.num_timesteps), "wall_s_this_run": round(time.time() - start, 1),
-            "eval_return_mean": mean, "eval_return_std": std, "eval_episodes": 10}
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    finalize_expert(env_id, out, {"config": asdict(config), "wall_s_this_run": round(time.time() - start, 1)})
     return out
+
+
+def finalize_expert(env_id: str, out_dir: str | Path, info: dict | None = None, candidates: int = 3) -> dict:
+    """Make ``sac.zip`` the best policy SAC produced: the final model or one of the ``candidates`` snapshots
+    with the highest training-time evaluation, re-evaluated on the same 10 held-out episodes (SAC's return
+    is not monotone in training steps). Writes and returns ``expert.json``."""
+    from stable_baselines3 import SAC
+
+    out = Path(out_dir)
+    rows = []
+    with open(out / "progress.csv") as f:
+        next(f)
+        for line in f:
+            steps, _, ret, _ = line.strip().split(",")
+            if (out / SNAPSHOT_DIR / f"sac_{steps}.zip").exists():
+                rows.append((float(ret), int(steps)))
+    paths = [out / MODEL_FILE] + [out / SNAPSHOT_DIR / f"sac_{s}.zip" for _, s in sorted(rows)[-candidates:]]
+    scored = []
+    for path in paths:
+        mean, std = evaluate_sac(SAC.load(path, device="cpu"), env_id, 10, seed=20_000)
+        scored.append((mean, std, path))
+    mean, std, best = max(scored, key=lambda item: item[0])
+    if best != out / MODEL_FILE:
+        shutil.copyfile(best, out / MODEL_FILE)
+    final = SAC.load(out / MODEL_FILE, device="cpu")
+    result = {"env_id": env_id, "algorithm": "SAC (stable-baselines3)", **(info or {}),
+              "env_steps_trained": max([s for _, s in rows] + [int(final.num_timesteps)]),
+              "expert_snapshot": best.name if best != out / MODEL_FILE else "final",
+              "expert_env_steps": int(final.num_timesteps),
+              "candidates": {p.name: round(m, 1) for m, _, p in scored},
+              "eval_return_mean": mean, "eval_return_std": std, "eval_episodes": 10}
+    (out / INFO_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def main(argv=None) -> None:
@@ -104,7 +135,11 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=ExpertConfig.total_steps, help="SAC env-step budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-resume", action="store_true", help="start over even if a snapshot exists")
+    parser.add_argument("--finalize", action="store_true", help="only (re)select and evaluate the best snapshot")
     args = parser.parse_args(argv)
+    if args.finalize:
+        print(json.dumps(finalize_expert(args.env, args.out), indent=2))
+        return
     out = train_expert(args.env, args.out, ExpertConfig(total_steps=args.steps, seed=args.seed),
                        resume=not args.no_resume)
     print((out / INFO_FILE).read_text())
