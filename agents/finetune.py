@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
-from agents.runner import Runner, RunnerConfig
+from agents.runner import Runner, RunnerConfig, last_checkpoint
 from envs.registry import get_task
 from flowpolicy.checkpoint import atomic_write_json, load_policy
 from flowpolicy.config import ConfigError, from_dict
@@ -46,7 +46,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.out)
-    source = run_dir / "checkpoints" / "last" if resume else Path(cfg.policy)
+    source = last_checkpoint(run_dir) if resume else Path(cfg.policy)
     policy, metadata = load_policy(source, device=cfg.device)
     task = get_task(cfg.env_id)
     if (policy.config.obs_dim, policy.config.action_dim) != (task.obs_dim, task.action_dim):

@@ -39,6 +39,15 @@ from flowpolicy.checkpoint import atomic_write_json, save_policy
 from flowpolicy.policy import Policy
 
 
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """The directory ``--resume`` continues from: ``checkpoints/last``, or ``checkpoints/.last.old`` when a
+    save was interrupted between its two renames."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    if not (checkpoints / "last").exists() and (checkpoints / ".last.old").exists():
+        return checkpoints / ".last.old"
+    return checkpoints / "last"
+
+
 class NonFiniteError(FloatingPointError):
     """A loss or parameter became NaN/inf; the message names the iteration and the kept checkpoint."""
 
@@ -95,6 +104,10 @@ class Runner:
         self.learner.eval_policy().train()
         return result.to_dict()
 
+    def last_checkpoint(self) -> Path:
+        """``checkpoints/last`` — or its previous version if an interrupted save left only that."""
+        return last_checkpoint(self.run_dir)
+
     def _save(self, name: str, iteration: int, state: dict, with_training_state: bool) -> None:
         target = self.run_dir / "checkpoints" / name
         tmp = self.run_dir / "checkpoints" / f".{name}.tmp"
@@ -122,7 +135,7 @@ class Runner:
                  "last_eval": None}
         if resume:
             modules, optimizers, generators, _ = self.learner.training_state()
-            extra, arrays = load_training_state(self.run_dir / "checkpoints" / "last", modules, optimizers, generators)
+            extra, arrays = load_training_state(self.last_checkpoint(), modules, optimizers, generators)
             state.update(extra["runner"])
             self.learner.load_extra(extra["learner"], arrays)
         writer = SummaryWriter(str(self.run_dir))
