@@ -115,8 +115,8 @@ def write_card(task: str, spec, r: dict) -> None:
         f"{med['size_mb']} MB |",
         f"| expert (not shipped) | {exp['episodes']} | {exp['env_steps']:,} | {exp['return_mean']:.1f} ± "
         f"{exp['return_std']:.1f} | {score(exp['return_mean'])} | {exp['demonstrator']} | {exp['size_mb']} MB |", "",
-        "Medium = the SAC training snapshot whose evaluation return is closest to 40% of the expert's; actions",
-        "are the demonstrator's stochastic samples; episode i is reset with seed i.", "",
+        "Medium = the SAC training snapshot whose stochastic return (5 probe episodes) is closest to 40% of the",
+        "expert's; actions are the demonstrator's stochastic samples; episode i is reset with seed i.", "",
         "## Behavior cloning on the medium dataset", "",
         f"| policy | return ({r['bc_flow']['episodes']} episodes) | normalized |", "|---|---:|---:|",
     ]

@@ -115,11 +115,12 @@ def finalize_expert(env_id: str, out_dir: str | Path, info: dict | None = None, 
         mean, std = evaluate_sac(SAC.load(path, device="cpu"), env_id, 10, seed=20_000)
         scored.append((mean, std, path))
     mean, std, best = max(scored, key=lambda item: item[0])
+    trained = max([s for _, s in rows] + [int(SAC.load(out / MODEL_FILE, device="cpu").num_timesteps)])
     if best != out / MODEL_FILE:
         shutil.copyfile(best, out / MODEL_FILE)
     final = SAC.load(out / MODEL_FILE, device="cpu")
     result = {"env_id": env_id, "algorithm": "SAC (stable-baselines3)", **(info or {}),
-              "env_steps_trained": max([s for _, s in rows] + [int(final.num_timesteps)]),
+              "env_steps_trained": trained,
               "expert_snapshot": best.name if best != out / MODEL_FILE else "final",
               "expert_env_steps": int(final.num_timesteps),
               "candidates": {p.name: round(m, 1) for m, _, p in scored},
