@@ -52,6 +52,9 @@ def main() -> None:
     env, name = spec.env_id, spec.env_id.split("-v")[0].lower()
     fp = [sys.executable, "-m", "flowpolicy.cli"]
     results: dict = {"env_id": env, "commands": {}, "wall_s": {}}
+    previous = Path(f"docs/results/data_{args.task}.json")
+    if previous.exists():  # steps skipped below keep the wall times measured when they ran
+        results["wall_s"] = json.loads(previous.read_text()).get("wall_s", {})
 
     for quality, root in (("medium", "data/datasets"), ("expert", "runs/datasets")):
         dataset = Path(root) / "flowpolicy" / f"{name}-{quality}-v0"
@@ -69,6 +72,7 @@ def main() -> None:
             "return_mean": float(returns.mean()), "return_std": float(returns.std()),
             "demonstrator": Path(meta.get("demonstrator", "")).name, "expert_return": meta.get("expert_return"),
             "random_return": meta.get("random_return"),
+            "snapshot_probe_returns": meta.get("snapshot_probe_returns"),
             "size_mb": round(sum(f.stat().st_size for f in dataset.rglob("*") if f.is_file()) / 1e6, 2)}
 
     for variant in args.variants:
@@ -116,7 +120,9 @@ def write_card(task: str, spec, r: dict) -> None:
         f"| expert (not shipped) | {exp['episodes']} | {exp['env_steps']:,} | {exp['return_mean']:.1f} ± "
         f"{exp['return_std']:.1f} | {score(exp['return_mean'])} | {exp['demonstrator']} | {exp['size_mb']} MB |", "",
         "Medium = the SAC training snapshot whose stochastic return (5 probe episodes) is closest to 40% of the",
-        "expert's; actions are the demonstrator's stochastic samples; episode i is reset with seed i.", "",
+        "expert's; actions are the demonstrator's stochastic samples; episode i is reset with seed i.",
+        "Probe returns of the snapshots (env steps: return): " + ", ".join(
+            f"{k[4:-4]}: {v:.0f}" for k, v in (med.get("snapshot_probe_returns") or {}).items()), "",
         "## Behavior cloning on the medium dataset", "",
         f"| policy | return ({r['bc_flow']['episodes']} episodes) | normalized |", "|---|---:|---:|",
     ]
