@@ -140,11 +140,12 @@ class DiffusionModel(nn.Module):
     default_sampler_name = "ddim"
 
     def __init__(self, action_dim: int, obs_dim: int, network: NetworkConfig, cosine_s: float = 0.008,
-                 alpha_min: float = 1e-4):
+                 alpha_min: float = 1e-4, clip_denoised: bool = True):
         super().__init__()
         self.action_dim = action_dim
         self.cosine_s = cosine_s
         self.alpha_min = alpha_min
+        self.clip_denoised = clip_denoised
         self.net = ConditionalNet(action_dim, obs_dim, network)
 
     def alphas_cumprod(self, t: torch.Tensor) -> torch.Tensor:
@@ -154,7 +155,18 @@ class DiffusionModel(nn.Module):
         return self.net(x, t, obs)
 
     def model_fn(self, K: int) -> ModelFn:
-        return self.epsilon
+        return self.clipped_epsilon if self.clip_denoised else self.epsilon
+
+    def clipped_epsilon(self, x, t, obs):
+        """ε̂ re-derived from the data prediction x̂₀ clipped to the action box [−1, 1] (diffusers'
+        ``clip_sample``). At high noise x̂₀ = (x − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ) divides by sqrt(ᾱ) ≈ 0.01, and
+        with few DDIM steps its error lands in the action. The clip lives in the model function, not the
+        sampler: each transition stays an exact Gaussian whose mean is a (clipped) function of x_k, used
+        identically at rollout and recomputation. Only called at t < 1, where 1 − ᾱ > 0."""
+        eps = self.epsilon(x, t, obs)
+        alpha = self.alphas_cumprod(t)[:, None]
+        x0 = ((x - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-1.0, 1.0)
+        return (x - alpha.sqrt() * x0) / (1 - alpha).sqrt()
 
     def sampler(self, name: str | None = None, K: int = 4, **params) -> Sampler:
         name = name or self.default_sampler_name

@@ -36,6 +36,7 @@ class PolicyConfig:
     shortcut_self_consistency_fraction: float = 0.25
     diffusion_cosine_s: float = 0.008
     diffusion_alpha_min: float = 1e-4
+    diffusion_clip_denoised: bool = True  # clip DDIM's x̂₀ to [−1, 1] (see DiffusionModel.clipped_epsilon)
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -73,7 +74,8 @@ class Policy(nn.Module):
         kind_args = {
             "shortcut": {"max_log2_steps": config.shortcut_max_log2_steps,
                          "self_consistency_fraction": config.shortcut_self_consistency_fraction},
-            "diffusion": {"cosine_s": config.diffusion_cosine_s, "alpha_min": config.diffusion_alpha_min},
+            "diffusion": {"cosine_s": config.diffusion_cosine_s, "alpha_min": config.diffusion_alpha_min,
+                          "clip_denoised": config.diffusion_clip_denoised},
         }.get(config.kind, {})
         self.model = MODEL_KINDS[config.kind](config.chunk_dim, config.cond_dim, config.network, **kind_args)
 

@@ -86,3 +86,22 @@ def test_env_actions_clip_then_unnormalize():
     torch.testing.assert_close(policy.env_actions(x), torch.tensor([[[1.0, -2.0], [0.5, 1.0]]]))
     raw = torch.tensor([[[0.25, 1.0], [1.0, -2.0]]])
     torch.testing.assert_close(policy.env_actions(policy.normalize_actions(raw)), raw)
+
+
+def test_diffusion_clips_the_denoised_estimate_inside_the_model_function():
+    """x̂₀ is clipped to the action box through the ε the model function returns: the final DDIM state
+    (ᾱ_K = 1, so x_K = x̂₀) lies in [−1, 1], and the chain's log-probs still recompute exactly."""
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(kind="diffusion", obs_dim=3, action_dim=2, horizon=2, num_steps=5))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.mul_(20)  # an untrained, wild ε-net: unclipped x̂₀ lands far outside the box
+    cond = torch.randn(64, 3)
+    sampler = policy.make_sampler(K=5, eta=1.0)
+    with torch.no_grad():
+        chain = policy.sample(cond, sampler, generator=torch.Generator().manual_seed(0))
+        assert chain.actions.abs().max() <= 1.0 + 1e-5
+        torch.testing.assert_close(policy.chain_log_prob(cond, chain.xs, sampler), chain.log_probs, rtol=0, atol=1e-5)
+        policy.model.clip_denoised = False
+        wild = policy.sample(cond, sampler, generator=torch.Generator().manual_seed(0))
+    assert wild.actions.abs().max() > 2.0
