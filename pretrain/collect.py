@@ -17,14 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
-from tqdm import tqdm
-
 from envs.evaluation import random_policy_return
 from envs.registry import get_task
-from pretrain.datasets import Episode, episode_returns, write_minari_dataset
-from pretrain.expert import INFO_FILE, MODEL_FILE, SNAPSHOT_DIR, ExpertConfig, train_expert
+from pretrain.datasets import episode_returns, write_minari_dataset
+from pretrain.expert import INFO_FILE, MODEL_FILE, SNAPSHOT_DIR, ExpertConfig, record_episodes, train_expert
 
 
 @dataclass
@@ -66,29 +62,6 @@ def choose_demonstrator(expert_dir: Path, quality: str, medium_fraction: float, 
     target = medium_fraction * expert_return
     best = min(snapshots, key=lambda p: abs(probes[p.name] - target))
     return best, probes
-
-
-def record_episodes(model, env_id: str, episodes: int, seed: int, deterministic: bool = False,
-                    progress: bool = True) -> list[Episode]:
-    env = gym.make(env_id)
-    out = []
-    for i in tqdm(range(episodes), desc=f"record {env_id}", unit="ep", disable=not progress or None):
-        obs, _ = env.reset(seed=seed + i)
-        observations, actions, rewards = [obs], [], []
-        while True:
-            action, _ = model.predict(obs, deterministic=deterministic)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(reward)
-            if terminated or truncated:
-                break
-        out.append(Episode(observations=np.asarray(observations, dtype=np.float32),
-                           actions=np.asarray(actions, dtype=np.float32),
-                           rewards=np.asarray(rewards, dtype=np.float32),
-                           terminated=bool(terminated), truncated=bool(truncated), seed=seed + i))
-    env.close()
-    return out
 
 
 def collect(env_id: str, out: str | Path, quality: str = "medium", episodes: int = 50, seed: int = 0,

@@ -23,6 +23,9 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from pretrain.datasets import Episode, episode_returns
 
 MODEL_FILE = "sac.zip"
 INFO_FILE = "expert.json"
@@ -40,20 +43,34 @@ class ExpertConfig:
     seed: int = 0
 
 
-def evaluate_sac(model, env_id: str, episodes: int, seed: int) -> tuple[float, float]:
+def record_episodes(model, env_id: str, episodes: int, seed: int, deterministic: bool = False,
+                    progress: bool = True) -> list[Episode]:
+    """Roll out an SB3 model for ``episodes`` episodes (episode i reset with ``seed + i``)."""
     env = gym.make(env_id)
-    returns = []
-    for i in range(episodes):
+    out = []
+    for i in tqdm(range(episodes), desc=f"record {env_id}", unit="ep", disable=not progress or None):
         obs, _ = env.reset(seed=seed + i)
-        done, total = False, 0.0
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
+        observations, actions, rewards = [obs], [], []
+        while True:
+            action, _ = model.predict(obs, deterministic=deterministic)
             obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            if terminated or truncated:
+                break
+        out.append(Episode(observations=np.asarray(observations, dtype=np.float32),
+                           actions=np.asarray(actions, dtype=np.float32),
+                           rewards=np.asarray(rewards, dtype=np.float32),
+                           terminated=bool(terminated), truncated=bool(truncated), seed=seed + i))
     env.close()
-    return float(np.mean(returns)), float(np.std(returns))
+    return out
+
+
+def evaluate_sac(model, env_id: str, episodes: int, seed: int) -> tuple[float, float]:
+    """Mean and std of the deterministic return."""
+    returns = episode_returns(record_episodes(model, env_id, episodes, seed, deterministic=True, progress=False))
+    return float(returns.mean()), float(returns.std())
 
 
 def train_expert(env_id: str, out_dir: str | Path, config: ExpertConfig | None = None, resume: bool = True,
