@@ -46,7 +46,9 @@ def mode_fractions(policy, K, n=4000):
             (dist(0.0) < 0.3).float().mean().item())
 
 
-@pytest.mark.parametrize("kind,K", [("flow", 8), ("shortcut", 1), ("diffusion", 8)])
+# Diffusion at K = 16: with x̂₀ clipped to the action box (the default, which real tasks need — see
+# docs/data.md) DDIM at K = 4–8 leaves 12–18% of this toy's samples between the modes; at K ≥ 16 < 5%.
+@pytest.mark.parametrize("kind,K", [("flow", 8), ("shortcut", 1), ("diffusion", 16)])
 def test_bc_covers_both_modes_not_their_mean(kind, K):
     pos, neg, middle = mode_fractions(train_two_mode(kind), K)
     assert pos > 0.3 and neg > 0.3, (pos, neg)
