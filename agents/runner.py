@@ -104,10 +104,6 @@ class Runner:
         self.learner.eval_policy().train()
         return result.to_dict()
 
-    def last_checkpoint(self) -> Path:
-        """``checkpoints/last`` — or its previous version if an interrupted save left only that."""
-        return last_checkpoint(self.run_dir)
-
     def _save(self, name: str, iteration: int, state: dict, with_training_state: bool) -> None:
         target = self.run_dir / "checkpoints" / name
         tmp = self.run_dir / "checkpoints" / f".{name}.tmp"
@@ -135,7 +131,7 @@ class Runner:
                  "last_eval": None}
         if resume:
             modules, optimizers, generators, _ = self.learner.training_state()
-            extra, arrays = load_training_state(self.last_checkpoint(), modules, optimizers, generators)
+            extra, arrays = load_training_state(last_checkpoint(self.run_dir), modules, optimizers, generators)
             state.update(extra["runner"])
             self.learner.load_extra(extra["learner"], arrays)
         writer = SummaryWriter(str(self.run_dir))
