@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
+from agents.qsm import QSMConfig, QSMLearner
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import Runner, RunnerConfig, last_checkpoint
 from envs.registry import get_task
 from flowpolicy.checkpoint import atomic_write_json, load_policy
 from flowpolicy.config import ConfigError, from_dict
 
-ALGORITHMS = {"reinflow": (ReinFlowConfig, ReinFlowLearner)}
+ALGORITHMS = {"reinflow": (ReinFlowConfig, ReinFlowLearner), "qsm": (QSMConfig, QSMLearner)}
 
 
 @dataclass

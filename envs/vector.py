@@ -115,6 +115,10 @@ class VecEnv:
         return obs
 
     def step(self, actions: np.ndarray) -> VecStep:
+        """``actions``: [num_envs, H, A] chunks (or [num_envs, A] when H = 1)."""
+        actions = np.asarray(actions)
+        if self.horizon == 1 and actions.ndim == 3:  # an unwrapped env takes a single action, not a 1-chunk
+            actions = actions[:, 0]
         obs, reward, terminated, truncated, info = self.envs.step(actions)
         terminated, truncated = terminated.astype(bool), truncated.astype(bool)
         env_steps = np.asarray(info.get("chunk_steps", np.ones(self.num_envs)), dtype=np.int64)

@@ -57,8 +57,17 @@ class FlowModel(nn.Module):
         """Conditional flow matching: ‖v_θ(t·a + (1 − t)·ε, t, obs) − (a − ε)‖², t ~ U(0, 1)."""
         noise = torch.randn(actions.shape, generator=generator, dtype=actions.dtype, device=actions.device)
         t = torch.rand(actions.shape[0], generator=generator, dtype=actions.dtype, device=actions.device)
-        x_t = t[:, None] * actions + (1.0 - t[:, None]) * noise
+        signal, sigma = self.coefficients(t)
+        x_t = signal * actions + sigma * noise
         return (self.velocity(x_t, t, obs) - (actions - noise)).square().mean()
+
+    def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(signal, noise level) [B, 1] of the probability path ``x_t = signal·a + noise_level·ε``: (t, 1 − t)."""
+        return t[:, None], 1.0 - t[:, None]
+
+    def noise_prediction(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """ε̂ implied by the velocity: ``x = t·â + (1 − t)·ε̂`` and ``v = â − ε̂`` give ``ε̂ = x − t·v``."""
+        return x - t[:, None] * self.velocity(x, t, obs)
 
 
 class ShortcutModel(FlowModel):
@@ -154,6 +163,14 @@ class DiffusionModel(nn.Module):
     def epsilon(self, x, t, obs):
         return self.net(x, t, obs)
 
+    def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(signal, noise level) [B, 1] of ``x_t = sqrt(ᾱ)·a + sqrt(1 − ᾱ)·ε``."""
+        alpha = self.alphas_cumprod(t)[:, None]
+        return alpha.sqrt(), (1.0 - alpha).sqrt()
+
+    def noise_prediction(self, x, t, obs):
+        return self.epsilon(x, t, obs)
+
     def model_fn(self, K: int) -> ModelFn:
         return self.clipped_epsilon if self.clip_denoised else self.epsilon
 
@@ -180,8 +197,8 @@ class DiffusionModel(nn.Module):
         """ε-prediction MSE at t ~ U(0, 1)."""
         noise = torch.randn(actions.shape, generator=generator, dtype=actions.dtype, device=actions.device)
         t = torch.rand(actions.shape[0], generator=generator, dtype=actions.dtype, device=actions.device)
-        alpha = self.alphas_cumprod(t)[:, None]
-        x_t = alpha.sqrt() * actions + (1.0 - alpha).sqrt() * noise
+        signal, sigma = self.coefficients(t)
+        x_t = signal * actions + sigma * noise
         return (self.epsilon(x_t, t, obs) - noise).square().mean()
 
 

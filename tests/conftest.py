@@ -1,12 +1,18 @@
-"""Shared analytic references for the sampler tests.
+"""Shared test fixtures: analytic references for the sampler tests and a tiny task for the learners.
 
 For Gaussian action data a ~ N(m, s²) (per dimension, independent of the observation) the optimal
 flow velocity and the optimal ε-prediction are known in closed form, so samplers can be checked
 against the data distribution without training anything.
 """
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
+
+from flowpolicy import save_policy
+from flowpolicy.networks import NetworkConfig
+from flowpolicy.policy import Policy, PolicyConfig
 
 torch.set_num_threads(1)
 
@@ -56,3 +62,33 @@ def toy_model_fn():
 
     v.D, v.O = D, O
     return v
+
+
+# -- a tiny task on which RL must improve ---------------------------------------------------------
+
+class ReachEnv(gym.Env):
+    """Contextual reaching: observe a target in [−0.8, 0.8]², reward −‖a − target‖²; 8 steps per episode."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.target = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)
+        return self.target.copy(), {}
+
+    def step(self, action):
+        reward = -float(np.sum((np.asarray(action) - self.target) ** 2))
+        self.target = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)
+        return self.target.copy(), reward, False, False, {}
+
+
+gym.register("ReachTest-v0", entry_point=ReachEnv, max_episode_steps=8)
+
+
+@pytest.fixture(scope="module")
+def reach_policy(tmp_path_factory):
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(obs_dim=2, action_dim=2, horizon=1, num_steps=2,
+                                 network=NetworkConfig(hidden=[32, 32])))
+    return save_policy(policy, tmp_path_factory.mktemp("reach"), metadata={"env_id": "ReachTest-v0"})

@@ -11,10 +11,8 @@ from agents.buffers import RolloutBuffer, compute_gae
 from agents.finetune import FinetuneConfig, finetune
 from agents.reinflow import RatioCheckError, ReinFlowConfig, ReinFlowLearner
 from agents.runner import NonFiniteError
-from flowpolicy import load_agent, load_policy, save_policy
+from flowpolicy import load_agent, load_policy
 from flowpolicy.config import from_dict
-from flowpolicy.networks import NetworkConfig
-from flowpolicy.policy import Policy, PolicyConfig
 
 GAMMA = 0.9
 
@@ -97,36 +95,6 @@ def test_buffer_with_vector_env_bootstraps_truncated_episodes_from_the_final_obs
     buffer.finish(value, GAMMA, 0.95)
     torch.testing.assert_close(buffer.advantages, torch.zeros(7, 2), atol=1e-5, rtol=0)
     vec.close()
-
-
-# -- a tiny task on which RL must improve ---------------------------------------------------------
-
-class ReachEnv(gym.Env):
-    """Contextual reaching: observe a target in [−0.8, 0.8]², reward −‖a − target‖²; 8 steps per episode."""
-
-    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.target = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)
-        return self.target.copy(), {}
-
-    def step(self, action):
-        reward = -float(np.sum((np.asarray(action) - self.target) ** 2))
-        self.target = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)
-        return self.target.copy(), reward, False, False, {}
-
-
-gym.register("ReachTest-v0", entry_point=ReachEnv, max_episode_steps=8)
-
-
-@pytest.fixture(scope="module")
-def reach_policy(tmp_path_factory):
-    torch.manual_seed(0)
-    policy = Policy(PolicyConfig(obs_dim=2, action_dim=2, horizon=1, num_steps=2,
-                                 network=NetworkConfig(hidden=[32, 32])))
-    return save_policy(policy, tmp_path_factory.mktemp("reach"), metadata={"env_id": "ReachTest-v0"})
 
 
 def reach_config(policy, out, total=6144, **algo):

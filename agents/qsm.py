@@ -1,0 +1,282 @@
+"""QSM (Q-score matching): off-policy fine-tuning that teaches the denoiser to follow ∇ₐQ.
+
+No likelihoods are needed. Twin critics Q(s, a) over action chunks are trained TD3-style; the actor is
+trained by regressing its noise prediction at a noised replay action onto −α·∇ₐQ, so every denoising
+step moves the sample uphill on Q (QSM: the policy's score becomes α·∇Q, i.e. π ∝ exp(α·Q) locally).
+
+**Diffusion (ε-model).** For a replay action a, t ~ U(0, 1), ε ~ N(0, I),
+``x_t = sqrt(ᾱ(t))·a + sqrt(1 − ᾱ(t))·ε`` and the loss is ``‖ε_θ(x_t, t, s) + α·c_t·∇ₐQ(s, y)‖²``. The
+sign: the score is −ε/sqrt(1 − ᾱ) and DDIM's data estimate is ``x̂₀ = (x − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ)``, so
+ε̂ = −α∇Q pushes both along +∇Q (QSM's README states the opposite sign; its code, like ours, ascends Q).
+
+**Flow (velocity model), derived.** With ``x_t = t·a + (1 − t)·ε`` and ``v = a − ε`` the velocity model
+implies a noise prediction ``ε̂ = x − t·v`` and the score ``∇ log p_t(x) = −ε̂/(1 − t)`` (DESIGN.md), the
+same relation ε̂ = −(noise level)·score as for the ε-model. Asking the flow's score for the same QSM
+target therefore asks ε̂ for the same value: ``‖(x_t − t·v_θ(x_t, t, s)) + α·c_t·∇ₐQ(s, y)‖²``. In terms
+of v this is a velocity regression weighted by t² toward ``v* = (x_t + α·c_t·∇Q)/t``: the data estimate
+``â = x + (1 − t)·v`` gains ``(1 − t)/t·α·c_t·∇Q`` — uphill on Q — and nothing is asked of v at t = 0,
+where ε̂ = x_0 whatever v is (there the flow keeps its pretrained velocity).
+
+**Documented choices** (``QSMConfig``):
+
+- ``grad_at`` — where ∇Q is evaluated. ``noised``: at x_t (the paper and DPPO's port); ``denoised``: at
+  the current model's data estimate â(x_t) = (x_t − σ_t·ε̂)/s_t clipped to the action box (stop-gradient);
+  ``clean``: at the replay action a. Q is only trained on executed actions in [−1, 1], so ∇Q at a
+  high-noise x_t is extrapolation (QSM's known weakness). On a quadratic bandit (docs/qsm.md) ``noised``
+  reaches the argmax with a diffusion policy — whose x̂₀ clipping bounds every DDIM step — but drives
+  a deterministic Euler flow far past it (α = 1) or to divergence (α ≥ 3): the target −α∇Q(x_t) is not
+  the ε of any path from N(0, I), and only the flow's Euler integration follows it literally.
+  ``denoised`` works for both kinds and is the default.
+- ``noise_scaled_target`` — multiply the target by the noise level c_t = σ_t (sqrt(1 − ᾱ) or 1 − t), so
+  the *score* target is α∇Q at every level (π_t ∝ exp(α·Q) at every t) instead of QSM's ε target
+  (c_t = 1, a score of α∇Q/σ_t that grows as the noise shrinks).
+
+Critic: TD3-style twin Q with Polyak targets; the target action is the full deterministic sampler at s'
+plus clipped Gaussian smoothing noise; the bootstrap is masked only on true termination (a truncated
+transition bootstraps from its true final observation). Exploration adds Gaussian noise to the
+deterministic sample. The replay buffer may be seeded with the demonstration dataset. Rewards are
+multiplied by ``reward_scale``; γ applies once per decision (chunk rewards are summed inside the chunk).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.replay import ReplayBuffer, td_target
+from envs.vector import VecEnv
+from flowpolicy.networks import MLP
+from flowpolicy.policy import Policy
+
+
+@dataclass
+class QSMConfig:
+    num_envs: int = 4
+    num_steps: int = 256  # decisions per env per iteration
+    K: int | None = None  # denoising steps for rollouts and targets (default: the policy's)
+    gamma: float = 0.99  # per decision
+    buffer_size: int = 250_000  # decisions
+    batch_size: int = 256
+    updates_per_decision: float = 0.25  # gradient steps per collected decision (summed over envs)
+    critic_lr: float = 3e-4
+    actor_lr: float = 3e-5
+    tau: float = 0.005
+    q_grad_coeff: float = 10.0  # α
+    grad_at: str = "denoised"  # noised | denoised | clean (see the module docstring)
+    noise_scaled_target: bool = False
+    replay_score: bool = True  # add the replay's denoising target ε: the fixed point becomes its score + α∇Q
+    target_noise: float = 0.1
+    target_noise_clip: float = 0.3
+    exploration_noise: float = 0.1
+    reward_scale: float = 0.1
+    critic_warmup_iterations: int = 1
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    critic_activation: str = "silu"
+    max_grad_norm: float = 10.0
+    dataset: str | None = None  # seed the replay buffer with this demonstration dataset (Minari dir or .hdf5)
+
+
+class DoubleQ(nn.Module):
+    """Two independent Q(s, a) MLPs on [condition, normalized action chunk]."""
+
+    def __init__(self, cond_dim: int, action_dim: int, hidden: list[int], activation: str):
+        super().__init__()
+        self.q1 = MLP(cond_dim + action_dim, hidden, 1, activation)
+        self.q2 = MLP(cond_dim + action_dim, hidden, 1, activation)
+
+    def forward(self, cond: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([cond, actions], dim=-1)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+
+GRAD_AT = ("noised", "denoised", "clean")
+
+
+def qsm_actor_loss(policy: Policy, q_fn, cond: torch.Tensor, actions: torch.Tensor, alpha: float,
+                   grad_at: str = "denoised", noise_scaled_target: bool = False, replay_score: bool = False,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
+    """QSM's regression ``‖ε̂_θ(x_t, t, s) + α·c_t·∇ₐQ(s, y)‖²`` for either model kind, with ε̂ the
+    model's noise prediction (``x − t·v`` for a flow), x_t the replay ``actions`` noised at t ~ U(0, 1),
+    y chosen by ``grad_at`` and c_t = σ_t if ``noise_scaled_target`` else 1. With ``replay_score`` the
+    target is ``ε − α·c_t·∇Q`` (ε the noise that made x_t), whose minimizer is the replay distribution's
+    ε-prediction shifted by −α·c_t·∇Q. ``q_fn(cond, actions) -> [B]``;
+    gradients reach the policy only (∇Q is a constant target). Returns the loss and the mean ‖∇ₐQ‖ (a
+    diagnostic for choosing α: the target's size is α times it)."""
+    if grad_at not in GRAD_AT:
+        raise ValueError(f"grad_at must be one of {GRAD_AT}, got {grad_at!r}")
+    model = policy.model
+    noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
+    t = torch.rand(actions.shape[0], generator=generator, device=actions.device, dtype=actions.dtype)
+    signal, sigma = model.coefficients(t)
+    x_t = signal * actions + sigma * noise
+    eps_hat = model.noise_prediction(x_t, t, cond)
+    if grad_at == "noised":
+        point = x_t
+    elif grad_at == "clean":
+        point = actions
+    else:  # the data estimate; signal → 0 at pure noise, where the clip to the box takes over
+        point = ((x_t - sigma * eps_hat) / signal.clamp(min=1e-3)).clamp(-1.0, 1.0)
+    point = point.detach().requires_grad_(True)
+    grad_q = torch.autograd.grad(q_fn(cond, point).sum(), point)[0].detach()
+    target = -alpha * grad_q * (sigma if noise_scaled_target else 1.0)
+    if replay_score:
+        target = target + noise
+    return (eps_hat - target).square().mean(), grad_q.norm(dim=-1).mean().item()
+
+
+class QSMLearner:
+    name = "qsm"
+
+    def __init__(self, policy: Policy, env_id: str, config: QSMConfig, total_iterations: int, seed: int = 0,
+                 device: str = "cpu", reference: Policy | None = None):
+        """``reference`` is accepted for the finetune interface and unused: QSM has no pull toward the
+        pretrained policy other than starting from it (and, optionally, demonstrations in the replay)."""
+        if config.grad_at not in GRAD_AT:
+            raise ValueError(f"grad_at must be one of {GRAD_AT}, got {config.grad_at!r}")
+        self.cfg, self.seed, self.device = config, seed, torch.device(device)
+        self.total_iterations = total_iterations
+        self.policy = policy.to(self.device).train()
+        pc = policy.config
+        self.K = config.K or pc.num_steps
+        self.sampler = policy.make_sampler(K=self.K)  # deterministic: ODE / DDIM η = 0
+        self.critic = DoubleQ(pc.cond_dim, pc.chunk_dim, list(config.critic_hidden), config.critic_activation)
+        self.critic = self.critic.to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.envs = VecEnv(env_id, config.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.replay = ReplayBuffer(config.buffer_size, pc.cond_dim, pc.chunk_dim, self.device)
+        if config.dataset:
+            self._seed_replay(config.dataset)
+        self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
+
+    def _seed_replay(self, source: str) -> None:
+        """Demonstration transitions at the decision level: chunk a_t…a_{t+H−1} (padded with the last
+        action, as BC does), summed rewards of the steps inside the episode, next observation o_{t+H}."""
+        from pretrain.bc import load_demonstrations
+
+        episodes, _ = load_demonstrations(source)
+        pc = self.policy.config
+        H = pc.act_steps
+        for ep in episodes:
+            T = ep.length
+            starts = np.arange(0, T, H)
+            idx = np.minimum(starts[:, None] + np.arange(pc.horizon), T - 1)
+            chunks = torch.as_tensor(ep.actions[idx], device=self.device)
+            rewards = np.array([ep.rewards[s:s + H].sum() for s in starts]) * self.cfg.reward_scale
+            hist = np.minimum(starts[:, None] + np.arange(-pc.n_obs_steps + 1, 1), T)
+            nxt = np.minimum(hist + H, T)
+            obs = torch.as_tensor(ep.observations[np.maximum(hist, 0)], device=self.device)
+            next_obs = torch.as_tensor(ep.observations[np.maximum(nxt, 0)], device=self.device)
+            with torch.no_grad():
+                cond, next_cond = self.policy.condition(obs), self.policy.condition(next_obs)
+                actions = self.policy.normalize_actions(chunks).clamp(-1, 1)
+            terminated = np.zeros(len(starts))
+            terminated[-1] = float(ep.terminated)
+            self.replay.add(cond, actions, rewards, next_cond, terminated)
+
+    # -- runner interface ---------------------------------------------------------------------------
+    def eval_policy(self) -> Policy:
+        return self.policy
+
+    def training_state(self):
+        modules = {"policy": self.policy, "critic": self.critic, "critic_target": self.critic_target}
+        optimizers = {"actor": self.actor_opt, "critic": self.critic_opt}
+        return modules, optimizers, {"learner": self.generator}, {"replay_position": self.replay.position}
+
+    def training_arrays(self) -> dict:
+        return {f"replay/{k}": v for k, v in self.replay.state_tensors().items()}
+
+    def load_extra(self, extra: dict, arrays: dict) -> None:
+        tensors = {k[len("replay/"):]: v for k, v in arrays.items() if k.startswith("replay/")}
+        if tensors:
+            self.replay.load_state_tensors(tensors, extra["replay_position"])
+
+    # -- rollout -----------------------------------------------------------------------------------
+    def collect(self, iteration: int) -> dict:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._collect(iteration)
+        finally:
+            torch.set_num_threads(threads)
+
+    @torch.no_grad()
+    def _collect(self, iteration: int) -> dict:
+        obs = self.envs.reset(seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs)
+        act_steps = self.policy.config.act_steps
+        returns, lengths, env_steps = [], [], 0
+        for _ in range(self.cfg.num_steps):
+            cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+            x = self.policy.sample(cond, self.sampler, self.K, self.generator).actions
+            x = x + self.cfg.exploration_noise * torch.randn(x.shape, generator=self.generator, device=self.device)
+            x = x.clamp(-1.0, 1.0)  # the executed action; env_actions clips identically
+            out = self.envs.step(self.policy.env_actions(x)[:, :act_steps].cpu().numpy())
+            next_cond = self.policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=self.device))
+            self.replay.add(cond, x, out.reward * self.cfg.reward_scale, next_cond, out.terminated)
+            returns += out.episode_returns
+            lengths += out.episode_lengths
+            env_steps += int(out.env_steps.sum())
+            obs = out.obs
+        return {"env_steps": env_steps, "episode_returns": returns, "episode_lengths": lengths}
+
+    # -- update ------------------------------------------------------------------------------------
+    def q_mean(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        q1, q2 = self.critic(cond, actions)
+        return (q1 + q2) / 2
+
+    @torch.no_grad()
+    def critic_targets(self, batch: dict) -> torch.Tensor:
+        """TD3's target y = r + γ·(1 − terminated)·min(Q'₁, Q'₂)(s', a'), a' = sampler(s') + clipped noise."""
+        c = self.cfg
+        next_actions = self.policy.sample(batch["next_cond"], self.sampler, self.K, self.generator).actions
+        smoothing = c.target_noise * torch.randn(next_actions.shape, generator=self.generator, device=self.device)
+        next_actions = (next_actions + smoothing.clamp(-c.target_noise_clip, c.target_noise_clip)).clamp(-1.0, 1.0)
+        next_q = torch.minimum(*self.critic_target(batch["next_cond"], next_actions))
+        return td_target(batch["rewards"], batch["terminated"], next_q, c.gamma)
+
+    def update(self, iteration: int) -> dict:
+        c = self.cfg
+        n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.num_steps)))
+        actor_active = iteration >= c.critic_warmup_iterations
+        stats: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "q": [], "q_grad_norm": []}
+        for _ in range(n_updates):
+            batch = self.replay.sample(c.batch_size, self.generator)
+            target = self.critic_targets(batch)
+            q1, q2 = self.critic(batch["cond"], batch["actions"])
+            critic_loss = (q1 - target).square().mean() + (q2 - target).square().mean()
+            self.critic_opt.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
+            self.critic_opt.step()
+            stats["critic_loss"].append(critic_loss.item())
+            stats["q"].append(q1.mean().item())
+
+            if actor_active:
+                self.critic.requires_grad_(False)
+                actor_loss, grad_norm = qsm_actor_loss(
+                    self.policy, self.q_mean, batch["cond"], batch["actions"], c.q_grad_coeff, c.grad_at,
+                    c.noise_scaled_target, c.replay_score, self.generator)
+                self.critic.requires_grad_(True)
+                self.actor_opt.zero_grad(set_to_none=True)
+                actor_loss.backward()
+                nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+                self.actor_opt.step()
+                stats["actor_loss"].append(actor_loss.item())
+                stats["q_grad_norm"].append(grad_norm)
+
+            with torch.no_grad():
+                for p, tp in zip(self.critic.parameters(), self.critic_target.parameters(), strict=True):
+                    tp.lerp_(p, c.tau)
+        out = {f"losses/{k}": float(np.mean(stats[k])) for k in ("critic_loss", "actor_loss") if stats[k]}
+        out["charts/q_mean"] = float(np.mean(stats["q"]))
+        if stats["q_grad_norm"]:
+            out["charts/q_grad_norm"] = float(np.mean(stats["q_grad_norm"]))
+        out["charts/replay_size"] = float(len(self.replay))
+        out["charts/gradient_steps"] = float(n_updates)
+        return out

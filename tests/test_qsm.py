@@ -1,0 +1,219 @@
+"""QSM: the actor loss on an analytic bandit, the critic's TD target, the replay buffer, and a short run."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agents.finetune import FinetuneConfig, finetune
+from agents.qsm import QSMConfig, QSMLearner, qsm_actor_loss
+from agents.replay import ReplayBuffer, td_target
+from flowpolicy import load_agent, load_policy
+from flowpolicy.config import from_dict
+from flowpolicy.networks import NetworkConfig
+from flowpolicy.policy import Policy, PolicyConfig
+
+A_STAR = torch.tensor([0.5, -0.3])  # argmax of the bandit's Q, far from the data at (−0.4, 0.3)
+
+
+def bandit_q(cond, actions):
+    return -(actions - A_STAR).square().sum(-1)
+
+
+def bandit_data(generator, n=256):
+    return torch.tensor([-0.4, 0.3]) + 0.3 * torch.randn(n, 2, generator=generator)
+
+
+@pytest.mark.parametrize("kind,replay_score", [("flow", False), ("diffusion", False), ("flow", True),
+                                                ("diffusion", True)])
+def test_qsm_moves_a_bc_policy_to_the_argmax_of_a_known_q(kind, replay_score):
+    """One-step bandit with Q = −‖a − a*‖²: BC on data around (−0.4, 0.3), then QSM with the analytic Q on
+    a replay that fills with the policy's own (exploration-noised) samples, as in the learner."""
+    torch.manual_seed(0)
+    K = 4 if kind == "flow" else 10
+    policy = Policy(PolicyConfig(kind=kind, obs_dim=1, action_dim=2, horizon=1, num_steps=K,
+                                 network=NetworkConfig(hidden=[64, 64])))
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.zeros(256, 1)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    for _ in range(600):
+        loss = policy.bc_loss(cond, bandit_data(gen), generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def sample_mean(n=2000):
+        with torch.no_grad():
+            return policy.sample(torch.zeros(n, 1), K=K, generator=torch.Generator().manual_seed(1)).actions.mean(0)
+
+    assert (sample_mean() - A_STAR).norm() > 0.9  # BC sits at the data
+
+    replay = bandit_data(gen, 2000)
+    for step in range(600):
+        if step % 10 == 0:
+            with torch.no_grad():
+                x = policy.sample(cond, K=K, generator=gen).actions
+            replay = torch.cat([replay, (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)])[-5000:]
+        batch = replay[torch.randint(0, len(replay), (256,), generator=gen)]
+        loss, _ = qsm_actor_loss(policy, bandit_q, cond, batch, alpha=3.0, grad_at="denoised",
+                                 replay_score=replay_score, generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # measured distances: 0.006 / 0.002 (flow / diffusion), 0.010 / 0.008 with the replay score
+    assert (sample_mean() - A_STAR).norm() < 0.05
+
+
+def test_qsm_target_sign_and_scale_in_noise_prediction_space():
+    """At the loss minimum ε̂ = −α·c_t·∇Q: check the gradient of the loss w.r.t. ε̂ vanishes there."""
+    policy = Policy(PolicyConfig(kind="diffusion", obs_dim=1, action_dim=2, horizon=1, num_steps=4,
+                                 network=NetworkConfig(hidden=[8])))
+    captured = {}
+
+    def fake_epsilon(x, t, obs):
+        captured["x"], captured["t"] = x, t
+        # the exact minimizer for grad_at="noised", noise-scaled: ε̂ = −α·sqrt(1 − ᾱ)·∇Q(x_t)
+        sigma = (1 - policy.model.alphas_cumprod(t)).sqrt()[:, None]
+        return -2.0 * sigma * (-2.0 * (x - A_STAR)) + 0 * policy.model.net(x, t, obs)
+
+    policy.model.epsilon = fake_epsilon
+    loss, grad_norm = qsm_actor_loss(policy, bandit_q, torch.zeros(16, 1), torch.zeros(16, 2), alpha=2.0,
+                                     grad_at="noised", noise_scaled_target=True,
+                                     generator=torch.Generator().manual_seed(0))
+    assert loss.item() < 1e-10
+    assert grad_norm == pytest.approx((2 * (captured["x"] - A_STAR)).norm(dim=-1).mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="grad_at"):
+        qsm_actor_loss(policy, bandit_q, torch.zeros(4, 1), torch.zeros(4, 2), alpha=1.0, grad_at="clamped")
+
+
+def test_td_target_bootstraps_through_truncation_but_not_termination():
+    rewards = torch.tensor([1.0, 1.0, 1.0])
+    terminated = torch.tensor([0.0, 1.0, 0.0])  # row 0: mid-episode, row 1: terminal, row 2: truncated
+    next_q = torch.tensor([10.0, 10.0, 10.0])
+    assert torch.allclose(td_target(rewards, terminated, next_q, 0.9), torch.tensor([10.0, 1.0, 10.0]))
+
+
+def test_learner_critic_targets_use_the_smaller_target_q_and_mask_only_termination(reach_policy):
+    policy, _ = load_policy(reach_policy)
+    learner = QSMLearner(policy, "ReachTest-v0", QSMConfig(num_envs=2, num_steps=4, critic_hidden=[8], gamma=0.5),
+                         total_iterations=1)
+    learner.critic_target.forward = lambda cond, actions: (torch.full((cond.shape[0],), 4.0),
+                                                           torch.full((cond.shape[0],), 6.0))
+    batch = {"rewards": torch.tensor([1.0, 1.0]), "terminated": torch.tensor([1.0, 0.0]),
+             "next_cond": torch.zeros(2, 2)}
+    assert torch.allclose(learner.critic_targets(batch), torch.tensor([1.0, 1.0 + 0.5 * 4.0]))
+    learner.envs.close()
+
+
+class ShortEpisodeEnv(gym.Env):
+    """Observation = step count; terminates at step 3 if the first action was positive, else truncated
+    by the time limit at step 3."""
+
+    observation_space = gym.spaces.Box(-10.0, 10.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.first = 0, None
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.first = float(action[0]) if self.first is None else self.first
+        terminated = self.t == 3 and self.first > 0
+        return np.array([float(self.t)], np.float32), 1.0, terminated, False, {}
+
+
+gym.register("ShortEpisodeTest-v0", entry_point=ShortEpisodeEnv, max_episode_steps=3)
+
+
+def test_collected_transitions_keep_terminated_and_the_true_final_observation():
+    policy = Policy(PolicyConfig(obs_dim=1, action_dim=1, horizon=1, num_steps=2, network=NetworkConfig(hidden=[8])))
+    learner = QSMLearner(policy, "ShortEpisodeTest-v0", QSMConfig(num_envs=2, num_steps=7, critic_hidden=[8],
+                                                                    exploration_noise=0.0), total_iterations=1)
+    with torch.no_grad():  # env 0 always acts +1 (terminates), env 1 always −1 (truncated)
+        for p in policy.parameters():
+            p.zero_()
+    learner.policy.sample = lambda cond, *a, **k: type("C", (), {"actions": torch.tensor([[1.0], [-1.0]])})()
+    learner.collect(0)
+    n = len(learner.replay)
+    obs, next_obs = learner.replay.cond[:n, 0], learner.replay.next_cond[:n, 0]
+    term = learner.replay.terminated[:n]
+    ends = next_obs == 3.0  # normalizer is the identity: the condition is the step count
+    # each env ended episodes at step 3: its true final obs (3) is the next observation, not the reset obs
+    assert ends.sum() >= 4 and torch.all(obs[ends] == 2.0)
+    env_of_row = torch.arange(n) % 2
+    assert torch.all(term[ends & (env_of_row == 0)] == 1.0) and torch.all(term[ends & (env_of_row == 1)] == 0.0)
+    assert torch.all(term[~ends] == 0.0)
+    learner.envs.close()
+
+
+def test_replay_buffer_wraps_and_restores():
+    buf = ReplayBuffer(5, cond_dim=1, action_dim=1)
+    for i in range(3):
+        buf.add(torch.full((2, 1), float(i)), torch.zeros(2, 1), [i, i], torch.zeros(2, 1), [0, 0])
+    assert len(buf) == 5 and buf.position == 1 and buf.cond[0, 0] == 2.0  # the oldest row was overwritten
+    copy = ReplayBuffer(5, cond_dim=1, action_dim=1)
+    copy.load_state_tensors(buf.state_tensors(), buf.position)
+    assert torch.equal(copy.cond, buf.cond) and copy.position == buf.position and len(copy) == 5
+
+
+def test_replay_seeded_from_a_demonstration_dataset(tmp_path):
+    from pretrain.datasets import Episode, write_robomimic_hdf5
+
+    episodes = [Episode(observations=np.arange(11, dtype=np.float32)[:, None].repeat(2, 1),
+                        actions=np.full((10, 2), 0.5, np.float32), rewards=np.ones(10, np.float32),
+                        terminated=True, truncated=False, seed=0)]
+    path = write_robomimic_hdf5(tmp_path / "demo.hdf5", episodes, env_id="ReachTest-v0")
+    policy = Policy(PolicyConfig(obs_dim=2, action_dim=2, horizon=4, act_steps=4, num_steps=2,
+                                 network=NetworkConfig(hidden=[8])))
+    learner = QSMLearner(policy, "ReachTest-v0", QSMConfig(num_envs=1, num_steps=2, critic_hidden=[8],
+                                                             reward_scale=0.5, dataset=str(path)), 1)
+    r = learner.replay
+    assert len(r) == 3  # decisions at steps 0, 4, 8 of a 10-step episode
+    assert torch.equal(r.cond[:3, 0], torch.tensor([0.0, 4.0, 8.0]))
+    assert torch.equal(r.next_cond[:3, 0], torch.tensor([4.0, 8.0, 10.0]))  # the last one: the final obs
+    assert torch.equal(r.rewards[:3], torch.tensor([2.0, 2.0, 1.0]))  # 4, 4, 2 steps × 1 × 0.5
+    assert torch.equal(r.terminated[:3], torch.tensor([0.0, 0.0, 1.0]))
+    learner.envs.close()
+
+
+def qsm_config(policy, out, total=4096, **algo):
+    return from_dict(FinetuneConfig, {
+        "algorithm": "qsm", "env_id": "ReachTest-v0", "policy": str(policy), "out": str(out), "seed": 1,
+        "torch_threads": 1,
+        "runner": {"total_env_steps": total, "eval_every": 0, "eval_episodes": 16, "progress": False},
+        "algo": {"num_envs": 8, "num_steps": 32, "batch_size": 128, "updates_per_decision": 0.25,
+                 "critic_lr": 3e-3, "actor_lr": 1e-3, "q_grad_coeff": 3.0, "critic_warmup_iterations": 2,
+                 "critic_hidden": [64, 64], "reward_scale": 1.0, "gamma": 0.5, **algo}})
+
+
+def test_qsm_improves_a_tiny_task_and_saves_a_loadable_policy(reach_policy, tmp_path):
+    summary = finetune(qsm_config(reach_policy, tmp_path))
+    # measured: −12.2 → −0.46 (optimum 0); demand at least a four-fold cut of the squared error
+    assert summary["initial_return"] < -5 and summary["final_return"] > 0.25 * summary["initial_return"], summary
+    agent = load_agent(tmp_path / "policy")
+    assert agent.act(np.zeros(2, np.float32)).shape == (2,)
+
+
+def test_qsm_resume_reproduces_an_uninterrupted_run(reach_policy, tmp_path, monkeypatch):
+    """The replay buffer, both critics, the target critics and both optimizers must all come back."""
+    full = finetune(qsm_config(reach_policy, tmp_path / "full", total=2048))
+    original = QSMLearner.update
+
+    def crash_at_iteration_2(self, iteration):
+        if iteration == 2:
+            raise KeyboardInterrupt
+        return original(self, iteration)
+
+    monkeypatch.setattr(QSMLearner, "update", crash_at_iteration_2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(qsm_config(reach_policy, tmp_path / "resumed", total=2048))
+    monkeypatch.setattr(QSMLearner, "update", original)
+    resumed = finetune(qsm_config(reach_policy, tmp_path / "resumed", total=2048), resume=True)
+    for key in ("final_return", "env_steps", "iterations"):
+        assert resumed[key] == full[key], key
+    a, _ = load_policy(tmp_path / "full" / "policy")
+    b, _ = load_policy(tmp_path / "resumed" / "policy")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
