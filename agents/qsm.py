@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.replay import ReplayBuffer, td_target
+from agents.critics import DoubleQ, polyak_update
+from agents.replay import ReplayBuffer, demonstration_transitions, td_target
 from envs.vector import VecEnv
-from flowpolicy.networks import MLP
 from flowpolicy.policy import Policy
 
 
@@ -65,10 +65,11 @@ class QSMConfig:
     critic_lr: float = 3e-4
     actor_lr: float = 3e-5
     tau: float = 0.005
-    q_grad_coeff: float = 10.0  # α
+    q_grad_coeff: float = 0.1  # α
     grad_at: str = "denoised"  # noised | denoised | clean (see the module docstring)
-    noise_scaled_target: bool = False
-    replay_score: bool = True  # add the replay's denoising target ε: the fixed point becomes its score + α∇Q
+    target_scale: str = "snr"  # none | noise | snr: c_t in the shift −α·c_t·∇Q (module docstring)
+    anchor: str = "reference"  # none | replay | reference: what the −α∇Q shift is added to (module docstring)
+    reference_update_every: int = 4  # iterations between copies of the policy into the reference (0: never)
     target_noise: float = 0.1
     target_noise_clip: float = 0.3
     exploration_noise: float = 0.1
@@ -80,51 +81,53 @@ class QSMConfig:
     dataset: str | None = None  # seed the replay buffer with this demonstration dataset (Minari dir or .hdf5)
 
 
-class DoubleQ(nn.Module):
-    """Two independent Q(s, a) MLPs on [condition, normalized action chunk]."""
-
-    def __init__(self, cond_dim: int, action_dim: int, hidden: list[int], activation: str):
-        super().__init__()
-        self.q1 = MLP(cond_dim + action_dim, hidden, 1, activation)
-        self.q2 = MLP(cond_dim + action_dim, hidden, 1, activation)
-
-    def forward(self, cond: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([cond, actions], dim=-1)
-        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
-
-
 GRAD_AT = ("noised", "denoised", "clean")
+TARGET_SCALES = ("none", "noise", "snr")
+
+
+ANCHORS = ("none", "replay", "reference")
 
 
 def qsm_actor_loss(policy: Policy, q_fn, cond: torch.Tensor, actions: torch.Tensor, alpha: float,
-                   grad_at: str = "denoised", noise_scaled_target: bool = False, replay_score: bool = False,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
-    """QSM's regression ``‖ε̂_θ(x_t, t, s) + α·c_t·∇ₐQ(s, y)‖²`` for either model kind, with ε̂ the
+                   grad_at: str = "denoised", target_scale: str = "none", anchor: str = "none",
+                   reference: Policy | None = None, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, float]:
+    """QSM's regression ``‖ε̂_θ(x_t, t, s) − (b − α·c_t·∇ₐQ(s, y))‖²`` for either model kind: ε̂ is the
     model's noise prediction (``x − t·v`` for a flow), x_t the replay ``actions`` noised at t ~ U(0, 1),
-    y chosen by ``grad_at`` and c_t = σ_t if ``noise_scaled_target`` else 1. With ``replay_score`` the
-    target is ``ε − α·c_t·∇Q`` (ε the noise that made x_t), whose minimizer is the replay distribution's
-    ε-prediction shifted by −α·c_t·∇Q. ``q_fn(cond, actions) -> [B]``;
-    gradients reach the policy only (∇Q is a constant target). Returns the loss and the mean ‖∇ₐQ‖ (a
-    diagnostic for choosing α: the target's size is α times it)."""
+    y chosen by ``grad_at``, c_t by ``target_scale`` (1, σ_t, or s_t/σ_t), and the anchor b is 0 (``none``,
+    the paper), the noise ε that made x_t (``replay``) or the frozen ``reference`` policy's ε̂(x_t).
+    ``q_fn(cond, actions) -> [B]``; gradients reach the policy only (∇Q is a constant target). Returns the
+    loss and the mean ‖∇ₐQ‖ (a diagnostic for choosing α: the shift is α times it)."""
     if grad_at not in GRAD_AT:
         raise ValueError(f"grad_at must be one of {GRAD_AT}, got {grad_at!r}")
+    if target_scale not in TARGET_SCALES:
+        raise ValueError(f"target_scale must be one of {TARGET_SCALES}, got {target_scale!r}")
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+    if anchor == "reference" and reference is None:
+        raise ValueError("anchor='reference' needs a reference policy")
     model = policy.model
     noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
     t = torch.rand(actions.shape[0], generator=generator, device=actions.device, dtype=actions.dtype)
     signal, sigma = model.coefficients(t)
     x_t = signal * actions + sigma * noise
     eps_hat = model.noise_prediction(x_t, t, cond)
+    with torch.no_grad():
+        base = {"none": torch.zeros_like(noise), "replay": noise,
+                "reference": reference.model.noise_prediction(x_t, t, cond) if anchor == "reference" else None
+                }[anchor]
     if grad_at == "noised":
         point = x_t
     elif grad_at == "clean":
         point = actions
-    else:  # the data estimate; signal → 0 at pure noise, where the clip to the box takes over
-        point = ((x_t - sigma * eps_hat) / signal.clamp(min=1e-3)).clamp(-1.0, 1.0)
+    else:  # the data estimate (of the anchor where there is a model one); the clip takes over at pure noise
+        eps = base if anchor == "reference" else eps_hat
+        point = ((x_t - sigma * eps) / signal.clamp(min=1e-3)).clamp(-1.0, 1.0)
     point = point.detach().requires_grad_(True)
     grad_q = torch.autograd.grad(q_fn(cond, point).sum(), point)[0].detach()
-    target = -alpha * grad_q * (sigma if noise_scaled_target else 1.0)
-    if replay_score:
-        target = target + noise
+    # snr: σ ≥ 0.05 keeps the shift finite at the data end, where ε̂ barely affects â anyway
+    scale = {"none": 1.0, "noise": sigma, "snr": signal / sigma.clamp(min=0.05)}[target_scale]
+    target = base - alpha * scale * grad_q
     return (eps_hat - target).square().mean(), grad_q.norm(dim=-1).mean().item()
 
 
@@ -133,8 +136,8 @@ class QSMLearner:
 
     def __init__(self, policy: Policy, env_id: str, config: QSMConfig, total_iterations: int, seed: int = 0,
                  device: str = "cpu", reference: Policy | None = None):
-        """``reference`` is accepted for the finetune interface and unused: QSM has no pull toward the
-        pretrained policy other than starting from it (and, optionally, demonstrations in the replay)."""
+        """``reference``: the pretrained policy, for a resumed run (a fresh one copies ``policy``); with
+        ``anchor: reference`` the saved reference of a resumed run replaces it when its state loads."""
         if config.grad_at not in GRAD_AT:
             raise ValueError(f"grad_at must be one of {GRAD_AT}, got {config.grad_at!r}")
         self.cfg, self.seed, self.device = config, seed, torch.device(device)
@@ -146,39 +149,21 @@ class QSMLearner:
         self.critic = DoubleQ(pc.cond_dim, pc.chunk_dim, list(config.critic_hidden), config.critic_activation)
         self.critic = self.critic.to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        if config.target_scale not in TARGET_SCALES:
+            raise ValueError(f"target_scale must be one of {TARGET_SCALES}, got {config.target_scale!r}")
+        if config.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, got {config.anchor!r}")
+        self.reference = None
+        if config.anchor == "reference":
+            self.reference = copy.deepcopy(reference or policy).to(self.device).eval().requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.envs = VecEnv(env_id, config.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
         self.replay = ReplayBuffer(config.buffer_size, pc.cond_dim, pc.chunk_dim, self.device)
         if config.dataset:
-            self._seed_replay(config.dataset)
+            self.replay.add(**demonstration_transitions(self.policy, config.dataset, config.reward_scale))
         self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
-
-    def _seed_replay(self, source: str) -> None:
-        """Demonstration transitions at the decision level: chunk a_t…a_{t+H−1} (padded with the last
-        action, as BC does), summed rewards of the steps inside the episode, next observation o_{t+H}."""
-        from pretrain.bc import load_demonstrations
-
-        episodes, _ = load_demonstrations(source)
-        pc = self.policy.config
-        H = pc.act_steps
-        for ep in episodes:
-            T = ep.length
-            starts = np.arange(0, T, H)
-            idx = np.minimum(starts[:, None] + np.arange(pc.horizon), T - 1)
-            chunks = torch.as_tensor(ep.actions[idx], device=self.device)
-            rewards = np.array([ep.rewards[s:s + H].sum() for s in starts]) * self.cfg.reward_scale
-            hist = np.minimum(starts[:, None] + np.arange(-pc.n_obs_steps + 1, 1), T)
-            nxt = np.minimum(hist + H, T)
-            obs = torch.as_tensor(ep.observations[np.maximum(hist, 0)], device=self.device)
-            next_obs = torch.as_tensor(ep.observations[np.maximum(nxt, 0)], device=self.device)
-            with torch.no_grad():
-                cond, next_cond = self.policy.condition(obs), self.policy.condition(next_obs)
-                actions = self.policy.normalize_actions(chunks).clamp(-1, 1)
-            terminated = np.zeros(len(starts))
-            terminated[-1] = float(ep.terminated)
-            self.replay.add(cond, actions, rewards, next_cond, terminated)
 
     # -- runner interface ---------------------------------------------------------------------------
     def eval_policy(self) -> Policy:
@@ -186,6 +171,8 @@ class QSMLearner:
 
     def training_state(self):
         modules = {"policy": self.policy, "critic": self.critic, "critic_target": self.critic_target}
+        if self.reference is not None:
+            modules["reference"] = self.reference
         optimizers = {"actor": self.actor_opt, "critic": self.critic_opt}
         return modules, optimizers, {"learner": self.generator}, {"replay_position": self.replay.position}
 
@@ -261,7 +248,7 @@ class QSMLearner:
                 self.critic.requires_grad_(False)
                 actor_loss, grad_norm = qsm_actor_loss(
                     self.policy, self.q_mean, batch["cond"], batch["actions"], c.q_grad_coeff, c.grad_at,
-                    c.noise_scaled_target, c.replay_score, self.generator)
+                    c.target_scale, c.anchor, self.reference, self.generator)
                 self.critic.requires_grad_(True)
                 self.actor_opt.zero_grad(set_to_none=True)
                 actor_loss.backward()
@@ -270,9 +257,11 @@ class QSMLearner:
                 stats["actor_loss"].append(actor_loss.item())
                 stats["q_grad_norm"].append(grad_norm)
 
-            with torch.no_grad():
-                for p, tp in zip(self.critic.parameters(), self.critic_target.parameters(), strict=True):
-                    tp.lerp_(p, c.tau)
+            polyak_update(self.critic, self.critic_target, c.tau)
+        actor_iterations = iteration + 1 - c.critic_warmup_iterations
+        if self.reference is not None and c.reference_update_every and actor_iterations > 0 \
+                and actor_iterations % c.reference_update_every == 0:
+            self.reference.load_state_dict(self.policy.state_dict())  # the next improvement step starts here
         out = {f"losses/{k}": float(np.mean(stats[k])) for k in ("critic_loss", "actor_loss") if stats[k]}
         out["charts/q_mean"] = float(np.mean(stats["q"]))
         if stats["q_grad_norm"]:

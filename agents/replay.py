@@ -9,7 +9,10 @@ capacity whose contents are tensors, so it can be saved with the training state 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from flowpolicy.policy import Policy
 
 
 class ReplayBuffer:
@@ -59,3 +62,34 @@ class ReplayBuffer:
 def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
     """y = r + γ·(1 − terminated)·Q'(s', a'): truncated transitions bootstrap, terminal ones do not."""
     return rewards + gamma * (1.0 - terminated) * next_q
+
+
+def demonstration_transitions(policy: Policy, source: str, reward_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """A demonstration dataset (Minari directory/id or robomimic hdf5) as decision-level transitions for
+    :meth:`ReplayBuffer.add`: every H = act_steps env steps from each episode start, the chunk a_t…a_{t+H'−1}
+    (H' = the policy's horizon, padded with the last action as BC does), the summed rewards of the steps
+    inside the episode (× ``reward_scale``), the next observation o_{t+H} (the final one at the end) and
+    ``terminated`` only on the last decision of a terminated episode."""
+    from pretrain.bc import load_demonstrations
+
+    episodes, _ = load_demonstrations(source)
+    pc = policy.config
+    H, device = pc.act_steps, policy.device
+    parts: dict[str, list] = {"cond": [], "actions": [], "rewards": [], "next_cond": [], "terminated": []}
+    for ep in episodes:
+        T = ep.length
+        starts = np.arange(0, T, H)
+        idx = np.minimum(starts[:, None] + np.arange(pc.horizon), T - 1)
+        history = np.maximum(starts[:, None] + np.arange(-pc.n_obs_steps + 1, 1), 0)
+        next_history = np.minimum(history + H, T)
+        with torch.no_grad():
+            parts["cond"].append(policy.condition(torch.as_tensor(ep.observations[history], device=device)))
+            parts["next_cond"].append(policy.condition(torch.as_tensor(ep.observations[next_history], device=device)))
+            chunks = policy.normalize_actions(torch.as_tensor(ep.actions[idx], device=device))
+            parts["actions"].append(chunks.clamp(-1, 1))
+        parts["rewards"].append(torch.as_tensor([ep.rewards[s:s + H].sum() * reward_scale for s in starts],
+                                                dtype=torch.float32))
+        terminated = torch.zeros(len(starts))
+        terminated[-1] = float(ep.terminated)
+        parts["terminated"].append(terminated)
+    return {k: torch.cat(v) for k, v in parts.items()}

@@ -132,6 +132,49 @@ class ShortcutModel(FlowModel):
         return (pred - target).square().mean()
 
 
+class GuidedFlowModel(FlowModel):
+    """CFGRL's optimality-conditioned flow: one velocity network v_θ(x, t, obs, o) with a learned label
+    embedding o ∈ {∅, 0, 1} (``NULL``, ``BAD``, ``GOOD``), trained with the label dropped to ∅ with
+    probability ``label_dropout``. Sampling uses the guided velocity ``v = v_∅ + w·(v_1 − v_∅)`` with the
+    guidance weight w = ``self.guidance`` (settable at sampling time); both evaluations run as one batched
+    pass. w = 0 is the unconditional policy, w = 1 the o = 1 conditional, w > 1 extrapolates past it."""
+
+    kind = "guided_flow"
+    NULL, BAD, GOOD = 0, 1, 2
+
+    def __init__(self, action_dim: int, obs_dim: int, network: NetworkConfig, label_dim: int = 16,
+                 guidance: float = 1.0, label_dropout: float = 0.1):
+        nn.Module.__init__(self)
+        self.action_dim = action_dim
+        self.guidance, self.label_dropout = guidance, label_dropout
+        self.net = ConditionalNet(action_dim, obs_dim, network, num_labels=3, label_dim=label_dim)
+
+    def conditional_velocity(self, x, t, obs, label: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t, obs, label=label)
+
+    def velocity(self, x, t, obs):
+        B, w = x.shape[0], self.guidance
+        if w == 0.0:
+            return self.conditional_velocity(x, t, obs, torch.full((B,), self.NULL, device=x.device))
+        labels = torch.cat([torch.full((B,), self.NULL, device=x.device), torch.full((B,), self.GOOD, device=x.device)])
+        v_null, v_good = self.conditional_velocity(torch.cat([x, x]), torch.cat([t, t]), torch.cat([obs, obs]),
+                                                   labels).chunk(2)
+        return v_null + w * (v_good - v_null)
+
+    def bc_loss(self, obs, actions, generator=None, labels: torch.Tensor | None = None):
+        """Conditional flow matching with labels (default: all ∅), each dropped to ∅ w.p. label_dropout."""
+        B = actions.shape[0]
+        if labels is None:
+            labels = torch.full((B,), self.NULL, dtype=torch.long, device=actions.device)
+        drop = torch.rand(B, generator=generator, device=actions.device) < self.label_dropout
+        labels = torch.where(drop, torch.full_like(labels, self.NULL), labels)
+        noise = torch.randn(actions.shape, generator=generator, dtype=actions.dtype, device=actions.device)
+        t = torch.rand(B, generator=generator, dtype=actions.dtype, device=actions.device)
+        signal, sigma = self.coefficients(t)
+        x_t = signal * actions + sigma * noise
+        return (self.conditional_velocity(x_t, t, obs, labels) - (actions - noise)).square().mean()
+
+
 def cosine_alphas_cumprod(t: torch.Tensor, s: float = 0.008, alpha_min: float = 1e-4) -> torch.Tensor:
     """ᾱ(t) of the cosine schedule (Nichol & Dhariwal) in flow time: ≈ 0 at t = 0, exactly 1 at t = 1.
     Clamped below at ``alpha_min`` so that x̂₀ = (x − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ) stays finite at t = 0."""
@@ -202,4 +245,5 @@ class DiffusionModel(nn.Module):
         return (self.epsilon(x_t, t, obs) - noise).square().mean()
 
 
-MODEL_KINDS = {"flow": FlowModel, "shortcut": ShortcutModel, "diffusion": DiffusionModel}
+MODEL_KINDS = {"flow": FlowModel, "shortcut": ShortcutModel, "diffusion": DiffusionModel,
+               "guided_flow": GuidedFlowModel}

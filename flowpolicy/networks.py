@@ -114,21 +114,43 @@ class ConditionalNet(nn.Module):
     """f(x, t, obs[, extra]) for a flattened action chunk x [B, H·A] and a flattened observation
     history obs [B, n_obs·O]; outputs [B, H·A].
 
-    ``extra_scalars`` adds further embedded scalars (the shortcut model's step size).
+    ``extra_scalars`` adds further embedded scalars (the shortcut model's step size); ``num_labels`` a
+    learned embedding of an integer label (CFGRL's optimality label), appended last to the input so that
+    a label-free network's weights carry over unchanged (see :meth:`load_unlabelled`).
     """
 
-    def __init__(self, action_dim: int, obs_dim: int, cfg: NetworkConfig, extra_scalars: int = 0):
+    def __init__(self, action_dim: int, obs_dim: int, cfg: NetworkConfig, extra_scalars: int = 0,
+                 num_labels: int = 0, label_dim: int = 16):
         super().__init__()
         self.time_embed = SinusoidalEmbedding(cfg.time_embed_dim)
         self.extra_scalars = extra_scalars
         in_dim = action_dim + obs_dim + cfg.time_embed_dim * (1 + extra_scalars)
-        self.backbone = build_backbone(cfg, in_dim, action_dim)
+        self.label_embed = nn.Embedding(num_labels, label_dim) if num_labels else None
+        self.backbone = build_backbone(cfg, in_dim + (label_dim if num_labels else 0), action_dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor,
-                extra: torch.Tensor | None = None) -> torch.Tensor:
+                extra: torch.Tensor | None = None, label: torch.Tensor | None = None) -> torch.Tensor:
         parts = [x, obs, self.time_embed(t)]
         if self.extra_scalars:
             if extra is None:
                 raise ValueError("this network needs its extra scalar inputs (e.g. the shortcut step size)")
             parts += [self.time_embed(e) for e in extra.reshape(x.shape[0], -1).unbind(-1)]
+        if self.label_embed is not None:
+            if label is None:
+                raise ValueError("this network needs a label input")
+            parts.append(self.label_embed(label))
         return self.backbone(torch.cat(parts, dim=-1))
+
+    def load_unlabelled(self, state: dict) -> None:
+        """Load the weights of the same network without labels: the first layer's extra input columns (the
+        label embedding) start at zero, so every label initially gives the unlabelled network's output."""
+        state = dict(state)
+        own = self.state_dict()
+        first = next(k for k, v in own.items() if k.startswith("backbone.") and v.dim() == 2)
+        old = state[first]
+        state[first] = torch.cat([old, torch.zeros(old.shape[0], own[first].shape[1] - old.shape[1],
+                                                   dtype=old.dtype, device=old.device)], dim=1)
+        for key in own:
+            if key.startswith("label_embed."):
+                state[key] = own[key]
+        self.load_state_dict(state)

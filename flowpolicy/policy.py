@@ -24,7 +24,7 @@ from flowpolicy.samplers import Chain, Sampler
 class PolicyConfig:
     """Shape and kind of a policy. ``act_steps`` of the H chunk actions are executed per decision."""
 
-    kind: str = "flow"  # flow | shortcut | diffusion
+    kind: str = "flow"  # flow | shortcut | diffusion | guided_flow (CFGRL)
     obs_dim: int = 0
     action_dim: int = 0
     horizon: int = 4
@@ -37,6 +37,9 @@ class PolicyConfig:
     diffusion_cosine_s: float = 0.008
     diffusion_alpha_min: float = 1e-4
     diffusion_clip_denoised: bool = True  # clip DDIM's x̂₀ to [−1, 1] (see DiffusionModel.clipped_epsilon)
+    guidance: float = 1.0  # guided_flow: sampling guidance weight w (set per run with Policy.set_guidance)
+    guidance_label_dim: int = 16
+    guidance_label_dropout: float = 0.1
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -76,6 +79,8 @@ class Policy(nn.Module):
                          "self_consistency_fraction": config.shortcut_self_consistency_fraction},
             "diffusion": {"cosine_s": config.diffusion_cosine_s, "alpha_min": config.diffusion_alpha_min,
                           "clip_denoised": config.diffusion_clip_denoised},
+            "guided_flow": {"label_dim": config.guidance_label_dim, "guidance": config.guidance,
+                            "label_dropout": config.guidance_label_dropout},
         }.get(config.kind, {})
         self.model = MODEL_KINDS[config.kind](config.chunk_dim, config.cond_dim, config.network, **kind_args)
 
@@ -97,6 +102,13 @@ class Policy(nn.Module):
         """Final chain state x_K [B, H·A] → raw action chunk [B, H, A]: clip to [−1, 1], un-normalize."""
         chunk = x.clamp(-1.0, 1.0).reshape(x.shape[0], self.config.horizon, self.config.action_dim)
         return self.action_normalizer.unnormalize(chunk)
+
+    def set_guidance(self, w: float) -> None:
+        """Guidance weight w of a ``guided_flow`` policy (kept in its config, so a saved policy samples
+        with the w it was saved with)."""
+        if self.config.kind != "guided_flow":
+            raise ValueError(f"guidance applies to guided_flow policies (CFGRL), not {self.config.kind!r}")
+        self.config.guidance = self.model.guidance = float(w)
 
     # -- sampling ---------------------------------------------------------------------------------
     def make_sampler(self, name: str | None = None, K: int | None = None, **params) -> Sampler:
