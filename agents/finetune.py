@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from agents.cfgrl import CFGRLConfig, CFGRLLearner
 from agents.qsm import QSMConfig, QSMLearner
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import Runner, RunnerConfig, last_checkpoint
@@ -22,7 +23,8 @@ from envs.registry import get_task
 from flowpolicy.checkpoint import atomic_write_json, load_policy
 from flowpolicy.config import ConfigError, from_dict
 
-ALGORITHMS = {"reinflow": (ReinFlowConfig, ReinFlowLearner), "qsm": (QSMConfig, QSMLearner)}
+ALGORITHMS = {"reinflow": (ReinFlowConfig, ReinFlowLearner), "qsm": (QSMConfig, QSMLearner),
+              "cfgrl": (CFGRLConfig, CFGRLLearner)}
 
 
 @dataclass
@@ -56,6 +58,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     pc = policy.config
     per_iteration = getattr(algo_cfg, "num_envs", 1) * getattr(algo_cfg, "num_steps", 1) * pc.act_steps
     iterations = max(1, math.ceil(cfg.runner.total_env_steps / per_iteration))
+    if getattr(algo_cfg, "mode", "online") == "offline":  # no env steps: the budget is gradient steps
+        iterations = algo_cfg.offline_iterations
     # a resumed run regularizes toward the pretrained policy, not toward where it was interrupted
     reference = load_policy(cfg.policy, device=cfg.device)[0] if resume and cfg.policy else None
     learner = learner_cls(policy, cfg.env_id, algo_cfg, iterations, seed=cfg.seed, device=cfg.device,
@@ -69,7 +73,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     try:
         return runner.run(resume=resume)
     finally:
-        learner.envs.close()
+        if getattr(learner, "envs", None) is not None:
+            learner.envs.close()
 
 
 def load_run_config(run_dir: str | Path) -> FinetuneConfig:

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from agents.critics import DoubleQ, polyak_update
-from agents.replay import ReplayBuffer, demonstration_transitions, td_target
+from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 
@@ -186,31 +186,10 @@ class QSMLearner:
 
     # -- rollout -----------------------------------------------------------------------------------
     def collect(self, iteration: int) -> dict:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._collect(iteration)
-        finally:
-            torch.set_num_threads(threads)
-
-    @torch.no_grad()
-    def _collect(self, iteration: int) -> dict:
-        obs = self.envs.reset(seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs)
-        act_steps = self.policy.config.act_steps
-        returns, lengths, env_steps = [], [], 0
-        for _ in range(self.cfg.num_steps):
-            cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
-            x = self.policy.sample(cond, self.sampler, self.K, self.generator).actions
-            x = x + self.cfg.exploration_noise * torch.randn(x.shape, generator=self.generator, device=self.device)
-            x = x.clamp(-1.0, 1.0)  # the executed action; env_actions clips identically
-            out = self.envs.step(self.policy.env_actions(x)[:, :act_steps].cpu().numpy())
-            next_cond = self.policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=self.device))
-            self.replay.add(cond, x, out.reward * self.cfg.reward_scale, next_cond, out.terminated)
-            returns += out.episode_returns
-            lengths += out.episode_lengths
-            env_steps += int(out.env_steps.sum())
-            obs = out.obs
-        return {"env_steps": env_steps, "episode_returns": returns, "episode_lengths": lengths}
+        return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, self.cfg.num_steps,
+                                   seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs,
+                                   exploration_noise=self.cfg.exploration_noise,
+                                   reward_scale=self.cfg.reward_scale, generator=self.generator)
 
     # -- update ------------------------------------------------------------------------------------
     def q_mean(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

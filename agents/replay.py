@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from envs.vector import VecEnv
 from flowpolicy.policy import Policy
+from flowpolicy.samplers import Sampler
 
 
 class ReplayBuffer:
@@ -93,3 +95,34 @@ def demonstration_transitions(policy: Policy, source: str, reward_scale: float =
         terminated[-1] = float(ep.terminated)
         parts["terminated"].append(terminated)
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def collect_into_replay(policy: Policy, sampler: Sampler, K: int, envs: VecEnv, replay: ReplayBuffer,
+                        num_steps: int, seed: int, exploration_noise: float = 0.0, reward_scale: float = 1.0,
+                        generator: torch.Generator | None = None) -> dict:
+    """Reset ``envs`` with ``seed`` (so a resumed run needs no simulator state), run ``num_steps`` decisions
+    of ``policy`` (+ Gaussian exploration noise, then clipped to the box: the executed action is what is
+    stored) and add every transition to ``replay``. Returns the runner's rollout metrics."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a handful of rows per call: extra threads only add synchronization
+    try:
+        obs = envs.reset(seed=seed)
+        act_steps, device = policy.config.act_steps, policy.device
+        returns, lengths, env_steps = [], [], 0
+        for _ in range(num_steps):
+            cond = policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=device))
+            x = policy.sample(cond, sampler, K, generator).actions
+            if exploration_noise:
+                x = x + exploration_noise * torch.randn(x.shape, generator=generator, device=device)
+            x = x.clamp(-1.0, 1.0)  # env_actions clips identically
+            out = envs.step(policy.env_actions(x)[:, :act_steps].cpu().numpy())
+            next_cond = policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=device))
+            replay.add(cond, x, out.reward * reward_scale, next_cond, out.terminated)
+            returns += out.episode_returns
+            lengths += out.episode_lengths
+            env_steps += int(out.env_steps.sum())
+            obs = out.obs
+    finally:
+        torch.set_num_threads(threads)
+    return {"env_steps": env_steps, "episode_returns": returns, "episode_lengths": lengths}

@@ -62,7 +62,8 @@ class RunnerConfig:
 
 
 class Learner(Protocol):
-    env_steps_per_iteration: int
+    env_steps_per_iteration: int  # 0 for an offline learner
+    total_iterations: int
 
     def collect(self, iteration: int) -> dict: ...  # rollout metrics; "episode_returns": list[float]
 
@@ -95,7 +96,9 @@ class Runner:
         self.run_dir = Path(run_dir)
         self.metadata = metadata or {}
         self.task = get_task(env_id)
-        self.iterations = max(1, math.ceil(config.total_env_steps / learner.env_steps_per_iteration))
+        self.iterations = learner.total_iterations
+        # an offline learner takes no env steps: progress and TensorBoard then count iterations
+        self.offline = learner.env_steps_per_iteration == 0
 
     # -- evaluation and checkpoints ---------------------------------------------------------------
     def evaluate(self) -> dict:
@@ -140,8 +143,12 @@ class Runner:
             state["initial_eval"] = state["last_eval"] = self.evaluate()
             self._log_eval(writer, state["initial_eval"], 0)
 
-        bar = tqdm(total=self.iterations * self.learner.env_steps_per_iteration, initial=state["env_steps"],
-                   unit="step", desc=f"{self.metadata.get('algorithm', 'finetune')} {self.env_id}",
+        if self.offline:
+            total, initial, unit = self.iterations, state["iteration"], "it"
+        else:
+            total, initial, unit = self.iterations * self.learner.env_steps_per_iteration, state["env_steps"], "step"
+        bar = tqdm(total=total, initial=initial, unit=unit,
+                   desc=f"{self.metadata.get('algorithm', 'finetune')} {self.env_id}",
                    disable=not self.cfg.progress or None, dynamic_ncols=True)
         last_return = None
         for iteration in range(state["iteration"], self.iterations):
@@ -159,7 +166,7 @@ class Runner:
                                      f"{self.run_dir / 'checkpoints' / 'last'} (iteration {state['iteration']})")
             state["env_steps"] += rollout["env_steps"]
             state["iteration"] = iteration + 1
-            step = state["env_steps"]
+            step = state["iteration"] if self.offline else state["env_steps"]
             returns = rollout.get("episode_returns", [])
             if returns:
                 last_return = float(np.mean(returns))
@@ -184,7 +191,7 @@ class Runner:
             state["wall_s"] = time.time() - start_wall
             if last_iteration or (iteration + 1) % self.cfg.checkpoint_every == 0:
                 self._save("last", iteration + 1, {**state}, with_training_state=True)
-            bar.update(rollout["env_steps"])
+            bar.update(1 if self.offline else rollout["env_steps"])
             bar.set_postfix(sps=f"{rollout['env_steps'] / max(t2 - t0, 1e-9):.0f}",
                             ret=f"{last_return:.0f}" if last_return is not None else "-",
                             eval=f"{state['last_eval']['return_mean']:.0f}")

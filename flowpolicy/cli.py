@@ -50,17 +50,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     env_id = args.env or agent.metadata.get("env_id")
     if not env_id:
         raise CLIError("the checkpoint does not name its environment; pass --env ENV_ID")
-    start = time.time()
-    with tqdm(total=args.episodes, desc=f"evaluate {env_id}", unit="ep", disable=args.json or None) as bar:
-        def on_episode(ret):
-            bar.update()
-            bar.set_postfix(last_return=f"{ret:.1f}")
+    if args.guidance and agent.policy.config.kind != "guided_flow":
+        raise CLIError(f"--guidance applies to CFGRL (guided_flow) policies; {args.checkpoint} is a "
+                       f"{agent.policy.config.kind} policy")
 
-        result = evaluate_agent(agent, env_id, args.episodes, seed=args.seed, num_envs=args.num_envs,
-                                progress=on_episode)
-    summary = result.to_dict()
-    summary.update(checkpoint=str(args.checkpoint), sampler=agent.sampler.name, K=agent.K,
-                   wall_s=round(time.time() - start, 2))
+    def run_episodes(desc: str) -> dict:
+        start = time.time()
+        with tqdm(total=args.episodes, desc=desc, unit="ep", disable=args.json or None) as bar:
+            def on_episode(ret):
+                bar.update()
+                bar.set_postfix(last_return=f"{ret:.1f}")
+
+            agent.reset()
+            result = evaluate_agent(agent, env_id, args.episodes, seed=args.seed, num_envs=args.num_envs,
+                                    progress=on_episode)
+        summary = result.to_dict()
+        summary.update(checkpoint=str(args.checkpoint), sampler=agent.sampler.name, K=agent.K,
+                       wall_s=round(time.time() - start, 2))
+        if agent.policy.config.kind == "guided_flow":
+            summary["guidance"] = agent.policy.config.guidance
+        return summary
+
+    def line(summary: dict) -> str:
+        score = summary.get("normalized_score")
+        return (f"return {summary['return_mean']:.1f} ± {summary['return_std']:.1f} over {summary['episodes']} "
+                f"episodes" + (f", normalized score {score:.1f}" if score is not None else ""))
+
+    if args.guidance:  # a sweep over w without retraining
+        sweep = []
+        for w in args.guidance:  # a fresh agent per w: every w sees the same initial noises and env seeds
+            agent = load_agent(args.checkpoint, sampler=args.sampler, K=args.K, device=args.device, seed=args.seed,
+                               **sampler_params)
+            agent.policy.set_guidance(w)
+            sweep.append(run_episodes(f"evaluate {env_id} w={w:g}"))
+        if args.json:
+            print(json.dumps({"env_id": env_id, "checkpoint": str(args.checkpoint), "guidance_sweep": sweep}))
+        else:
+            for summary in sweep:
+                print(f"{env_id} w={summary['guidance']:<5g}: {line(summary)}")
+            best = max(sweep, key=lambda r: r["return_mean"])
+            print(f"best guidance w={best['guidance']:g} ({agent.sampler.name}, K={agent.K})")
+        return 0
+
+    summary = run_episodes(f"evaluate {env_id}")
     if args.video:
         video, video_return, frames = record_video(agent, env_id, f"{args.video}/{env_id}-seed{args.seed}.mp4",
                                                    seed=args.seed)
@@ -68,10 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        score = summary.get("normalized_score")
-        print(f"{env_id}: return {summary['return_mean']:.1f} ± {summary['return_std']:.1f} over "
-              f"{summary['episodes']} episodes" + (f", normalized score {score:.1f}" if score is not None else "")
-              + f" ({agent.sampler.name}, K={agent.K}, {summary['wall_s']:.1f} s)")
+        print(f"{env_id}: {line(summary)} ({agent.sampler.name}, K={agent.K}, {summary['wall_s']:.1f} s)")
         if args.video:
             print(f"video: {summary['video']} ({frames} frames, episode return {video_return:.1f})")
     return 0
@@ -191,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sampler-param", action="append", metavar="KEY=VALUE",
                     help="sampler parameter, e.g. a=0.7 or eta=0.8 (repeatable)")
     ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ev.add_argument("--guidance", type=float, nargs="+", metavar="W", default=None,
+                    help="CFGRL policies: evaluate each guidance weight w (e.g. --guidance 0 1 1.5 2 3)")
     ev.add_argument("--video", metavar="DIR", default=None, help="also write an mp4 of one episode into DIR")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ev.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,216 @@
+"""CFGRL: classifier-free guidance as a policy-improvement operator (Frans et al.), offline and online.
+
+One velocity network is conditioned on an optimality label o ∈ {∅, 0, 1}
+(:class:`flowpolicy.models.GuidedFlowModel`): o = 1[A(s, a) ≥ 0] with the advantage A = Q − V of an IQL
+critic, dropped to ∅ with probability p during training. Sampling follows ``v_∅ + w·(v_1 − v_∅)``: w = 0
+is the behavior policy, w = 1 the policy conditioned on "better than V", and w > 1 sharpens further — the
+paper's result is that return rises with w up to a point, *without retraining*. A BC flow checkpoint is
+converted on load (its weights carry over; the label inputs start at zero, so every label starts as BC).
+
+**IQL critic** (fitted in-sample, never querying actions outside the data): V by expectile regression on
+min(Q̄₁, Q̄₂)(s, a) (Q̄ the Polyak targets), twin Q by TD toward r + γ·(1 − terminated)·V(s'), bootstrap
+masked only on true termination. The critic is pre-fitted for ``critic_pretrain_steps`` before the policy
+trains, then both train together; labels always come from the current critic.
+
+**Offline mode** (the paper): the replay holds the demonstration dataset only; an iteration is
+``updates_per_iteration`` gradient steps and no env steps (``offline_iterations`` of them).
+
+**Online mode** (not in the paper — our design): each iteration rolls out the guided policy (w =
+``guidance``, optional exploration noise) into a replay seeded with the demonstrations, then runs
+``updates_per_decision`` gradient steps per collected decision on the critic and the conditional flow.
+Relabelling is implicit: every batch is labelled by the critic of that moment, so old data are relabelled
+as the critic improves.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.critics import DoubleQ, ValueNet, expectile_loss, polyak_update
+from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
+from envs.vector import VecEnv
+from flowpolicy.models import GuidedFlowModel
+from flowpolicy.policy import Policy
+
+MODES = ("offline", "online")
+
+
+@dataclass
+class CFGRLConfig:
+    mode: str = "offline"  # offline | online
+    dataset: str = ""  # the demonstrations: all the data offline, the replay's seed online
+    guidance: float = 1.5  # w for rollouts, evaluation and the saved policy (sweep others at evaluation)
+    label_dropout: float = 0.1
+    label_dim: int = 16
+    critic_pretrain_steps: int = 20_000  # IQL steps before the policy trains
+    # offline
+    offline_iterations: int = 20
+    updates_per_iteration: int = 1000
+    # online
+    num_envs: int = 4
+    num_steps: int = 256  # decisions per env per iteration
+    K: int | None = None  # Euler steps for rollouts (default: the policy's)
+    updates_per_decision: float = 0.25
+    exploration_noise: float = 0.0
+    buffer_size: int = 250_000
+    # shared
+    batch_size: int = 256
+    gamma: float = 0.99  # per decision
+    expectile: float = 0.9
+    tau: float = 0.005
+    critic_lr: float = 3e-4
+    actor_lr: float = 1e-4
+    reward_scale: float = 0.1
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    critic_activation: str = "silu"
+    max_grad_norm: float = 10.0
+
+
+def guided_policy_from(policy: Policy, label_dim: int = 16, label_dropout: float = 0.1,
+                       guidance: float = 1.0) -> Policy:
+    """A ``guided_flow`` policy whose every label initially reproduces the (flow) ``policy`` exactly."""
+    if policy.config.kind == "guided_flow":
+        return policy
+    if policy.config.kind != "flow":
+        raise ValueError(f"CFGRL starts from a flow policy; this one is {policy.config.kind!r}")
+    config = replace(policy.config, kind="guided_flow", guidance=guidance, guidance_label_dim=label_dim,
+                     guidance_label_dropout=label_dropout)
+    guided = Policy(config, copy.deepcopy(policy.obs_normalizer), copy.deepcopy(policy.action_normalizer))
+    guided.model.net.load_unlabelled(policy.model.net.state_dict())
+    return guided.to(policy.device)
+
+
+class IQLCritic(nn.Module):
+    """Twin Q (+ Polyak targets) and V fitted with IQL's expectile regression."""
+
+    def __init__(self, cond_dim: int, action_dim: int, hidden: list[int], activation: str):
+        super().__init__()
+        self.q = DoubleQ(cond_dim, action_dim, hidden, activation)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.v = ValueNet(cond_dim, hidden, activation)
+
+    @torch.no_grad()
+    def advantage(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(*self.q_target(cond, actions)) - self.v(cond)
+
+    def losses(self, batch: dict, gamma: float, expectile: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(value loss, Q loss) on a replay batch."""
+        with torch.no_grad():
+            q_min = torch.minimum(*self.q_target(batch["cond"], batch["actions"]))
+            target = td_target(batch["rewards"], batch["terminated"], self.v(batch["next_cond"]), gamma)
+        value_loss = expectile_loss(q_min - self.v(batch["cond"]), expectile)
+        q1, q2 = self.q(batch["cond"], batch["actions"])
+        return value_loss, (q1 - target).square().mean() + (q2 - target).square().mean()
+
+
+class CFGRLLearner:
+    name = "cfgrl"
+
+    def __init__(self, policy: Policy, env_id: str, config: CFGRLConfig, total_iterations: int, seed: int = 0,
+                 device: str = "cpu", reference: Policy | None = None):
+        """``reference`` is unused (CFGRL stays near the data through the label-dropout prior)."""
+        if config.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
+        if not config.dataset:
+            raise ValueError("CFGRL needs algo.dataset (the demonstrations its critic and labels are fitted on)")
+        self.cfg, self.seed, self.device = config, seed, torch.device(device)
+        self.total_iterations = total_iterations
+        self.policy = guided_policy_from(policy.to(self.device), config.label_dim, config.label_dropout,
+                                         config.guidance).train()
+        pc = self.policy.config
+        self.K = config.K or pc.num_steps
+        self.critic = IQLCritic(pc.cond_dim, pc.chunk_dim, list(config.critic_hidden),
+                                config.critic_activation).to(self.device)
+        self.q_opt = torch.optim.Adam(self.critic.q.parameters(), lr=config.critic_lr)
+        self.v_opt = torch.optim.Adam(self.critic.v.parameters(), lr=config.critic_lr)
+        self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        demos = demonstration_transitions(self.policy, config.dataset, config.reward_scale)
+        capacity = len(demos["cond"]) if config.mode == "offline" else max(config.buffer_size, len(demos["cond"]))
+        self.replay = ReplayBuffer(capacity, pc.cond_dim, pc.chunk_dim, self.device)
+        self.replay.add(**demos)
+        self.online = config.mode == "online"
+        self.envs = VecEnv(env_id, config.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps) \
+            if self.online else None
+        self.sampler = self.policy.make_sampler(K=self.K)
+        self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps if self.online else 0
+
+    # -- runner interface ---------------------------------------------------------------------------
+    def eval_policy(self) -> Policy:
+        return self.policy
+
+    def training_state(self):
+        modules = {"policy": self.policy, "critic": self.critic}
+        optimizers = {"actor": self.actor_opt, "q": self.q_opt, "v": self.v_opt}
+        return modules, optimizers, {"learner": self.generator}, {"replay_position": self.replay.position}
+
+    def training_arrays(self) -> dict:
+        if not self.online:  # the replay is the dataset, rebuilt on resume
+            return {}
+        return {f"replay/{k}": v for k, v in self.replay.state_tensors().items()}
+
+    def load_extra(self, extra: dict, arrays: dict) -> None:
+        tensors = {k[len("replay/"):]: v for k, v in arrays.items() if k.startswith("replay/")}
+        if tensors:
+            self.replay.load_state_tensors(tensors, extra["replay_position"])
+
+    # -- rollout -----------------------------------------------------------------------------------
+    def collect(self, iteration: int) -> dict:
+        if not self.online:
+            return {"env_steps": 0}
+        return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, self.cfg.num_steps,
+                                   seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs,
+                                   exploration_noise=self.cfg.exploration_noise,
+                                   reward_scale=self.cfg.reward_scale, generator=self.generator)
+
+    # -- update ------------------------------------------------------------------------------------
+    def labels(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """o = 1[A(s, a) ≥ 0] as model label indices (GOOD / BAD)."""
+        good = self.critic.advantage(cond, actions) >= 0
+        return torch.where(good, GuidedFlowModel.GOOD, GuidedFlowModel.BAD)
+
+    def _critic_step(self, batch: dict) -> tuple[float, float]:
+        c = self.cfg
+        value_loss, q_loss = self.critic.losses(batch, c.gamma, c.expectile)
+        for opt, loss, params in ((self.v_opt, value_loss, self.critic.v.parameters()),
+                                  (self.q_opt, q_loss, self.critic.q.parameters())):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+            opt.step()
+        polyak_update(self.critic.q, self.critic.q_target, c.tau)
+        return value_loss.item(), q_loss.item()
+
+    def update(self, iteration: int) -> dict:
+        c = self.cfg
+        stats: dict[str, list[float]] = {"value_loss": [], "q_loss": [], "actor_loss": [], "good_fraction": []}
+        if iteration == 0:
+            for _ in range(c.critic_pretrain_steps):
+                self._critic_step(self.replay.sample(c.batch_size, self.generator))
+        if self.online:
+            n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.num_steps)))
+        else:
+            n_updates = c.updates_per_iteration
+        for _ in range(n_updates):
+            batch = self.replay.sample(c.batch_size, self.generator)
+            value_loss, q_loss = self._critic_step(batch)
+            labels = self.labels(batch["cond"], batch["actions"])
+            actor_loss = self.policy.model.bc_loss(batch["cond"], batch["actions"], self.generator, labels=labels)
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+            self.actor_opt.step()
+            stats["value_loss"].append(value_loss)
+            stats["q_loss"].append(q_loss)
+            stats["actor_loss"].append(actor_loss.item())
+            stats["good_fraction"].append((labels == GuidedFlowModel.GOOD).float().mean().item())
+        out = {f"losses/{k}": float(np.mean(stats[k])) for k in ("value_loss", "q_loss", "actor_loss")}
+        out["charts/good_fraction"] = float(np.mean(stats["good_fraction"]))
+        out["charts/replay_size"] = float(len(self.replay))
+        out["charts/gradient_steps"] = float(n_updates)
+        return out
