@@ -179,14 +179,24 @@ def test_non_finite_guard_stops_and_keeps_a_loadable_checkpoint(reach_policy, tm
     assert meta["iteration"] == 2 and all(torch.isfinite(p).all() for p in policy.parameters())
 
 
+NOT_YET_SHIPPED = {"HalfCheetah-v5", "Ant-v5"}  # configs written, BC checkpoints not yet in data/policies
+
+
 def test_shipped_finetune_configs_are_valid():
     from pathlib import Path
 
+    from agents.finetune import ALGORITHMS
     from flowpolicy.config import load_config
 
-    paths = sorted(Path("configs").glob("*/reinflow.yaml"))
-    assert len(paths) == 4
-    for path in paths:
+    paths = sorted(Path("configs").glob("*/*.yaml"))
+    finetune_paths = [p for p in paths if p.stem != "pretrain"]
+    assert len([p for p in finetune_paths if p.stem == "reinflow"]) == 4
+    for path in finetune_paths:
         cfg = load_config(FinetuneConfig, path)
-        algo = from_dict(ReinFlowConfig, cfg.algo, prefix="algo")
-        assert cfg.algorithm == "reinflow" and algo.logprob_reduction == "mean"
+        assert cfg.algorithm == path.stem, path
+        assert Path(cfg.policy).is_dir() or cfg.env_id in NOT_YET_SHIPPED, path
+        algo = from_dict(ALGORITHMS[cfg.algorithm][0], cfg.algo, prefix="algo")
+        if cfg.algorithm == "reinflow":
+            assert algo.logprob_reduction == "mean"
+        if getattr(algo, "dataset", None):
+            assert Path(algo.dataset).is_dir(), path
