@@ -1,0 +1,92 @@
+"""One table of every fine-tuning method at equal env-step budgets, from the benchmark results in docs/results.
+
+    python benchmarks/compare_methods.py --task hopper --budgets 100000 300000 500000 1000000 2000000
+
+Reads ``docs/results/<method>_<task>*.json`` written by ``benchmarks/bench_finetune.py`` (learning curves
+per seed) and reports, for each method and budget, the mean ± std over seeds of the normalized score of
+the last deterministic evaluation at or before the budget ("—" where a run did not reach it). Writes
+docs/results/methods_<task>.md and a combined plot docs/results/methods_<task>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path("docs/results")
+METHODS = {  # label: result-file stems, the longest run first (curves are merged per seed)
+    "ReinFlow": ["reinflow_{task}_2m", "reinflow_{task}"],
+    "QSM": ["qsm_{task}"],
+    "CFGRL online": ["cfgrl_online_{task}"],
+}
+
+
+def load_curves(stems: list[str], task: str) -> dict[str, dict]:
+    for stem in stems:
+        path = RESULTS / f"{stem.format(task=task)}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return {seed: {"steps": c["steps"], "score": c[data["metric"]]} for seed, c in data["curves"].items()}
+    return {}
+
+
+def score_at(curve: dict, budget: int) -> float | None:
+    if curve["steps"][-1] < budget * 0.9:  # the run ended well before this budget
+        return None
+    idx = [i for i, s in enumerate(curve["steps"]) if s <= budget]
+    return curve["score"][idx[-1]] if idx else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[100_000, 300_000, 500_000, 1_000_000, 2_000_000])
+    args = parser.parse_args()
+    header = "| method | seeds | BC start | " + " | ".join(f"{b / 1e6:g}M" if b >= 1e6 else f"{b // 1000}k"
+                                                         for b in args.budgets) + " |"
+    lines = [header, "|" + "---|" * (3 + len(args.budgets))]
+    all_curves = {}
+    for label, stems in METHODS.items():
+        curves = load_curves(stems, args.task)
+        if not curves:
+            continue
+        all_curves[label] = curves
+        cells = []
+        for budget in [0, *args.budgets]:
+            values = [v for v in (score_at(c, budget) if budget else c["score"][0] for c in curves.values())
+                      if v is not None]
+            cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) == len(curves) else "—")
+        lines.append(f"| {label} | {len(curves)} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    (RESULTS / f"methods_{args.task}.md").write_text(
+        f"Normalized score (mean ± std over seeds) at equal env steps, {args.task}. "
+        f"`python benchmarks/compare_methods.py --task {args.task}`\n\n{table}\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, curves in all_curves.items():
+        grid = np.linspace(0, min(c["steps"][-1] for c in curves.values()), 60)
+        scores = np.array([np.interp(grid, c["steps"], c["score"]) for c in curves.values()])
+        line, = ax.plot(grid / 1e6, scores.mean(0), label=label)
+        ax.fill_between(grid / 1e6, scores.min(0), scores.max(0), color=line.get_color(), alpha=0.2)
+    ax.axhline(100, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("env steps (millions)")
+    ax.set_ylabel("normalized score (SAC expert = 100)")
+    ax.set_title(f"{args.task}: mean and range over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"methods_{args.task}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
