@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from agents.cfgrl import CFGRLConfig, CFGRLLearner
+from agents.grpo import CPSConfig, GRPOConfig, GRPOLearner
 from agents.qsm import QSMConfig, QSMLearner
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import Runner, RunnerConfig, last_checkpoint
@@ -24,7 +25,8 @@ from flowpolicy.checkpoint import atomic_write_json, load_policy
 from flowpolicy.config import ConfigError, from_dict
 
 ALGORITHMS = {"reinflow": (ReinFlowConfig, ReinFlowLearner), "qsm": (QSMConfig, QSMLearner),
-              "cfgrl": (CFGRLConfig, CFGRLLearner)}
+              "cfgrl": (CFGRLConfig, CFGRLLearner), "grpo": (GRPOConfig, GRPOLearner),
+              "cps": (CPSConfig, GRPOLearner)}
 
 
 @dataclass

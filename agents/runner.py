@@ -97,6 +97,9 @@ class Runner:
         self.metadata = metadata or {}
         self.task = get_task(env_id)
         self.iterations = learner.total_iterations
+        # a learner whose iterations take a variable number of env steps (whole episodes) runs until the
+        # env-step budget is spent; total_iterations is then only an upper bound
+        self.until_env_steps = getattr(learner, "runs_until_env_steps", False)
         # an offline learner takes no env steps: progress and TensorBoard then count iterations
         self.offline = learner.env_steps_per_iteration == 0
 
@@ -146,7 +149,9 @@ class Runner:
         if self.offline:
             total, initial, unit = self.iterations, state["iteration"], "it"
         else:
-            total, initial, unit = self.iterations * self.learner.env_steps_per_iteration, state["env_steps"], "step"
+            total = self.cfg.total_env_steps if self.until_env_steps else \
+                self.iterations * self.learner.env_steps_per_iteration
+            initial, unit = state["env_steps"], "step"
         bar = tqdm(total=total, initial=initial, unit=unit,
                    desc=f"{self.metadata.get('algorithm', 'finetune')} {self.env_id}",
                    disable=not self.cfg.progress or None, dynamic_ncols=True)
@@ -179,7 +184,8 @@ class Runner:
             if "env_s" in rollout:  # rollout time = env stepping + policy inference (+ bookkeeping)
                 writer.add_scalar("perf/env_s", rollout["env_s"], step)
             writer.add_scalar("perf/update_s", t2 - t1, step)
-            last_iteration = iteration + 1 == self.iterations
+            last_iteration = iteration + 1 == self.iterations or \
+                (self.until_env_steps and state["env_steps"] >= self.cfg.total_env_steps)
             if last_iteration or (self.cfg.eval_every and (iteration + 1) % self.cfg.eval_every == 0):
                 state["last_eval"] = self.evaluate()
                 self._log_eval(writer, state["last_eval"], step)
@@ -195,6 +201,8 @@ class Runner:
             bar.set_postfix(sps=f"{rollout['env_steps'] / max(t2 - t0, 1e-9):.0f}",
                             ret=f"{last_return:.0f}" if last_return is not None else "-",
                             eval=f"{state['last_eval']['return_mean']:.0f}")
+            if last_iteration:
+                break
         bar.close()
         writer.close()
         save_policy(self.learner.eval_policy(), self.run_dir / "policy",

@@ -131,9 +131,13 @@ def write_card(task: str, spec, r: dict) -> None:
             b = r[f"bc_{variant}"]
             ret = f"{b['return_mean']:.1f} ± {b['return_std']:.1f}"
             lines.append(f"| {b['label']} | {ret} | {score(b['return_mean'])} |")
+    expert_info = json.loads((Path("data/experts") / spec.env_id / "expert.json").read_text())
+    budget = expert_info.get("config", {}).get("total_steps", 300_000)
     lines += ["", f"The shipped checkpoint is `{r.get('shipped_policy')}` (flow, K = 4, chunk 4).", "",
               "## Commands", "", "```bash", f"python -m pretrain.expert --env {spec.env_id} --out "
-              f"data/experts/{spec.env_id} --steps 300000"]
+              f"data/experts/{spec.env_id} --steps {budget}"]
+    if expert_info.get("note"):
+        lines.insert(lines.index("## Datasets"), f"Expert note: {expert_info['note']}.\n")
     lines += [c for c in r["commands"].values()]
     lines += [f"python benchmarks/make_task_data.py --task {task}   # all of the above + this card", "```", "",
               "Wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["wall_s"].items()), ""]

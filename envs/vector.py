@@ -107,8 +107,15 @@ class VecEnv:
         self.single_action_space = self.envs.single_action_space
         self.total_env_steps = 0
 
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset all envs; with a seed, env i is seeded ``seed + i`` (and so is its action space)."""
+    def reset(self, seed: int | list[int] | None = None) -> np.ndarray:
+        """Reset all envs; with a seed, env i is seeded ``seed + i`` (and so is its action space). A list
+        gives each env its own seed — equal seeds start envs from the same state (GRPO's groups)."""
+        if isinstance(seed, list | tuple | np.ndarray):
+            if len(seed) != self.num_envs:
+                raise ValueError(f"{len(seed)} seeds for {self.num_envs} envs")
+            obs, _ = self.envs.reset(seed=[int(s) for s in seed])
+            self.envs.action_space.seed(int(seed[0]))
+            return obs
         obs, _ = self.envs.reset(seed=seed)
         if seed is not None:
             self.envs.action_space.seed(seed)

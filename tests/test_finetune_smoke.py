@@ -1,4 +1,4 @@
-"""Short runs of every off-policy learner from the shipped Hopper config: the pipeline writes a loadable policy."""
+"""Short runs of the newer learners from the shipped Hopper configs: the pipeline writes a loadable policy."""
 
 import numpy as np
 import pytest
@@ -12,6 +12,8 @@ SMOKE = {
             "runner.total_env_steps=128"],
     "cfgrl-offline": ["algo.critic_pretrain_steps=20", "algo.offline_iterations=2", "algo.updates_per_iteration=10",
                       "algo.batch_size=32"],
+    "grpo": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=64"],
+    "cps": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=64"],
     "cfgrl-online": ["algo.mode=online", "algo.num_envs=2", "algo.num_steps=8", "algo.critic_pretrain_steps=20",
                      "algo.batch_size=32", "runner.total_env_steps=128"],
 }

@@ -1,0 +1,228 @@
+"""Flow-GRPO and Flow-CPS: group-relative policy optimization of a flow policy through its stochastic sampler.
+
+Adapted from image generation (Flow-GRPO, CPS) to action chunks. Each iteration starts ``num_groups``
+groups of ``group_size`` envs; the members of a group are reset with the *same* seed, so they start from
+the same state (the papers' "same prompt"). Every env runs one episode (up to ``max_decisions``), sampling
+each chunk with the ``flow_sde`` sampler (Flow-GRPO) or the ``cps`` sampler (Flow-CPS), whose chains carry
+exact per-step Gaussian log-probs. There is no critic: an episode's return R is turned into the advantage
+``(R − mean_group)/(std_group + 1e-4)``, clipped to ±``adv_clip`` and broadcast to every decision of the
+episode. The loss is PPO-clip on *per-denoising-step* ratios (each step's log-prob a per-dimension mean),
+averaged over the trained steps, plus an optional KL to the frozen pretrained policy,
+``β·‖μ_θ − μ_ref‖²/(2σ²)`` per step (exact for two Gaussians with the same σ). Deterministic steps (σ = 0,
+e.g. CPS's last step) never enter the loss; ``train_steps`` restricts the loss to a window of steps.
+Evaluation and the saved policy use the deterministic ODE. The ratio == 1 check on the first minibatch of
+every update is an assertion, as in ReinFlow, on the per-step log-ratios themselves (|log r| ≤ 1e-5; the
+per-step sums over D dimensions differ by ~1e-5 between the rollout's small batches and the update's big
+ones from float32 matmul ordering alone).
+
+An iteration takes a variable number of env steps (whole episodes), so the runner runs it until the
+env-step budget is spent. Envs whose episode ended keep stepping (a vector env steps all envs) until the
+slowest member finishes; those steps are neither stored nor counted.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.reinflow import RatioCheckError
+from envs.vector import VecEnv
+from flowpolicy.policy import Policy
+from flowpolicy.samplers import gaussian_log_prob
+
+SAMPLERS = ("flow_sde", "cps")
+
+
+@dataclass
+class GRPOConfig:
+    sampler: str = "flow_sde"  # flow_sde (Flow-GRPO) | cps (Flow-CPS)
+    a: float = 0.7  # flow_sde noise scale
+    eta: float = 0.8  # cps noise angle
+    K: int | None = None  # denoising steps in rollouts and the loss (default: the policy's)
+    group_size: int = 8
+    num_groups: int = 2
+    max_decisions: int = 250  # per episode (an episode cut here counts with the return so far)
+    train_steps: list[int] | None = None  # denoising steps in the loss (None: every stochastic step)
+    update_epochs: int = 4
+    minibatch_size: int = 1024
+    clip_range: float = 0.01  # on per-step, per-dimension-mean log-prob ratios
+    kl_coef: float = 0.0
+    adv_clip: float = 5.0
+    actor_lr: float = 1e-4
+    max_grad_norm: float = 1.0
+    ratio_check_tol: float = 1e-5
+
+
+@dataclass
+class CPSConfig(GRPOConfig):
+    """Flow-CPS: the GRPO learner with the coefficients-preserving sampler."""
+
+    sampler: str = "cps"
+
+
+def group_advantages(returns: torch.Tensor, group_size: int, clip: float = 5.0) -> torch.Tensor:
+    """(R − group mean)/(group std + 1e-4) for returns laid out group-major ([g0 m0, g0 m1, …]), clipped."""
+    grouped = returns.reshape(-1, group_size)
+    adv = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, unbiased=False, keepdim=True) + 1e-4)
+    return adv.clamp(-clip, clip).reshape(-1)
+
+
+class GRPOLearner:
+    name = "grpo"
+    runs_until_env_steps = True
+
+    def __init__(self, policy: Policy, env_id: str, config: GRPOConfig, total_iterations: int, seed: int = 0,
+                 device: str = "cpu", reference: Policy | None = None):
+        """``reference``: the pretrained policy for the KL term (default: a copy of ``policy``)."""
+        if policy.config.kind not in ("flow", "shortcut"):
+            raise ValueError(f"GRPO/CPS fine-tune flow policies; this policy is {policy.config.kind!r}")
+        if config.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {config.sampler!r}")
+        if config.group_size < 2:
+            raise ValueError(f"group_size must be ≥ 2 (advantages are relative to the group), got {config.group_size}")
+        self.cfg, self.seed, self.device = config, seed, torch.device(device)
+        self.total_iterations = total_iterations
+        self.policy = policy.to(self.device).train()
+        pc = policy.config
+        self.K, self.D = config.K or pc.num_steps, pc.chunk_dim
+        params = {"a": config.a} if config.sampler == "flow_sde" else {"eta": config.eta}
+        self.sampler = policy.make_sampler(config.sampler, K=self.K, **params)
+        steps = range(self.K) if config.train_steps is None else config.train_steps
+        if any(not 0 <= k < self.K for k in steps):
+            raise ValueError(f"train_steps must lie in [0, K={self.K}), got {list(steps)}")
+        in_window = torch.zeros(self.K, dtype=torch.bool, device=self.device)
+        in_window[list(steps)] = True
+        # σ of these samplers depends on the step only: probe it once; deterministic steps never enter the loss
+        probe = torch.zeros(1, self.K + 1, self.D, device=self.device)
+        _, _, std = self.sampler.step_distributions(lambda x, t, obs: torch.zeros_like(x),
+                                                    torch.zeros(1, pc.cond_dim, device=self.device), probe, self.K)
+        stochastic = torch.as_tensor(std, device=self.device).expand(self.K, self.D)[:, 0] > 0
+        self.trained_steps = in_window & stochastic
+        if not self.trained_steps.any():
+            raise ValueError("no stochastic denoising step is selected for training (train_steps / sampler)")
+        self.reference = None
+        if config.kl_coef > 0:
+            self.reference = copy.deepcopy(reference or policy).to(self.device).eval().requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.num_envs = config.group_size * config.num_groups
+        self.envs = VecEnv(env_id, self.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.env_steps_per_iteration = self.num_envs * config.max_decisions * pc.act_steps  # an upper bound
+        self.batch: dict[str, torch.Tensor] = {}
+
+    # -- runner interface ---------------------------------------------------------------------------
+    def eval_policy(self) -> Policy:
+        return self.policy
+
+    def training_state(self):
+        modules = {"policy": self.policy}
+        if self.reference is not None:
+            modules["reference"] = self.reference
+        return modules, {"actor": self.actor_opt}, {"learner": self.generator}, {}
+
+    def training_arrays(self) -> dict:
+        return {}
+
+    def load_extra(self, extra: dict, arrays: dict) -> None:
+        pass
+
+    # -- rollout -----------------------------------------------------------------------------------
+    def group_seeds(self, iteration: int) -> list[int]:
+        """Env seeds of an iteration: the members of group g share seed base + g."""
+        base = self.seed * 1_000_003 + iteration * self.cfg.num_groups
+        return [base + g for g in range(self.cfg.num_groups) for _ in range(self.cfg.group_size)]
+
+    def collect(self, iteration: int) -> dict:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._collect(iteration)
+        finally:
+            torch.set_num_threads(threads)
+
+    @torch.no_grad()
+    def _collect(self, iteration: int) -> dict:
+        obs = self.envs.reset(seed=self.group_seeds(iteration))
+        act_steps = self.policy.config.act_steps
+        active = np.ones(self.num_envs, dtype=bool)
+        returns = np.zeros(self.num_envs)
+        lengths = np.zeros(self.num_envs, dtype=np.int64)
+        conds, chains, log_probs, owners = [], [], [], []
+        for _ in range(self.cfg.max_decisions):
+            cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+            chain = self.policy.sample(cond, self.sampler, self.K, self.generator)
+            out = self.envs.step(self.policy.env_actions(chain.actions)[:, :act_steps].cpu().numpy())
+            rows = torch.as_tensor(np.flatnonzero(active), device=self.device)
+            conds.append(cond[rows])
+            chains.append(chain.xs[rows])
+            log_probs.append(chain.log_probs[rows])
+            owners.append(rows)
+            returns[active] += out.reward[active]
+            lengths[active] += out.env_steps[active]
+            active &= ~(out.terminated | out.truncated)
+            obs = out.obs
+            if not active.any():
+                break
+        owner = torch.cat(owners)
+        advantages = group_advantages(torch.as_tensor(returns, dtype=torch.float32, device=self.device),
+                                      self.cfg.group_size, self.cfg.adv_clip)
+        self.batch = {"cond": torch.cat(conds), "chains": torch.cat(chains), "log_probs": torch.cat(log_probs),
+                      "advantages": advantages[owner]}
+        return {"env_steps": int(lengths.sum()), "episode_returns": returns.tolist(),
+                "episode_lengths": lengths.tolist()}
+
+    # -- update ------------------------------------------------------------------------------------
+    def update(self, iteration: int) -> dict:
+        c = self.cfg
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "kl", "approx_kl", "clipfrac",
+                                                         "logprob_max_dev")}
+        model_fn = self.policy.model.model_fn(self.K)
+        n = self.batch["cond"].shape[0]
+        first = True
+        for _epoch in range(c.update_epochs):
+            order = torch.randperm(n, generator=self.generator, device=self.generator.device).to(self.device)
+            for start in range(0, n, c.minibatch_size):
+                idx = order[start:start + c.minibatch_size]
+                cond, chains = self.batch["cond"][idx], self.batch["chains"][idx]
+                old, adv = self.batch["log_probs"][idx], self.batch["advantages"][idx]
+                x_next, mean, std = self.sampler.step_distributions(model_fn, cond, chains, self.K)
+                new = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
+                if first:  # θ = θ_old here: every per-step log-ratio (what the ratio uses) must be 0
+                    deviation = ((new - old) / self.D).abs().max().item()
+                    if deviation > c.ratio_check_tol:
+                        raise RatioCheckError(f"recomputed chain log-probs deviate from the rollout's by "
+                                              f"{deviation:.2e} on the first minibatch of iteration {iteration} "
+                                              "(PPO ratio != 1)")
+                    stats["logprob_max_dev"].append(deviation)
+                    first = False
+                std_k = torch.as_tensor(std, dtype=mean.dtype).expand_as(mean).reshape(-1, self.K, self.D)
+                trained = self.trained_steps
+                log_ratio = ((new - old) / self.D)[:, trained]
+                ratio = log_ratio.exp()
+                a = adv[:, None]
+                policy_loss = torch.maximum(-a * ratio, -a * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
+                loss = policy_loss
+                if self.reference is not None:
+                    with torch.no_grad():
+                        _, ref_mean, _ = self.sampler.step_distributions(self.reference.model.model_fn(self.K), cond,
+                                                                         chains, self.K)
+                    diff = (mean - ref_mean).reshape(-1, self.K, self.D)[:, trained]
+                    kl = (diff.square() / (2 * std_k[:, trained].square())).mean()
+                    loss = loss + c.kl_coef * kl
+                    stats["kl"].append(kl.item())
+                self.actor_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+                self.actor_opt.step()
+                with torch.no_grad():
+                    stats["approx_kl"].append(((ratio - 1) - log_ratio).mean().item())
+                    stats["clipfrac"].append(((ratio - 1).abs() > c.clip_range).float().mean().item())
+                stats["policy_loss"].append(policy_loss.item())
+        out = {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v and k != "clipfrac"}
+        out["charts/clipfrac"] = float(np.mean(stats["clipfrac"]))
+        out["charts/decisions"] = float(n)
+        return out
