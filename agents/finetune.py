@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from agents.cfgrl import CFGRLConfig, CFGRLLearner
-from agents.grpo import CPSConfig, GRPOConfig, GRPOLearner
+from agents.chain_pg import ChainPGLearner, CPSConfig, DDPOISConfig, DDPOSFConfig, GRPOConfig
 from agents.qsm import QSMConfig, QSMLearner
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import Runner, RunnerConfig, last_checkpoint
@@ -25,8 +25,9 @@ from flowpolicy.checkpoint import atomic_write_json, load_policy
 from flowpolicy.config import ConfigError, from_dict
 
 ALGORITHMS = {"reinflow": (ReinFlowConfig, ReinFlowLearner), "qsm": (QSMConfig, QSMLearner),
-              "cfgrl": (CFGRLConfig, CFGRLLearner), "grpo": (GRPOConfig, GRPOLearner),
-              "cps": (CPSConfig, GRPOLearner)}
+              "cfgrl": (CFGRLConfig, CFGRLLearner), "grpo": (GRPOConfig, ChainPGLearner),
+              "cps": (CPSConfig, ChainPGLearner), "ddpo_is": (DDPOISConfig, ChainPGLearner),
+              "ddpo_sf": (DDPOSFConfig, ChainPGLearner)}
 
 
 @dataclass

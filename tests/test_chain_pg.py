@@ -1,11 +1,11 @@
-"""Flow-GRPO / Flow-CPS: group advantages, shared start states, ratio == 1, deterministic steps, a short run."""
+"""DDPO, Flow-GRPO, Flow-CPS: group advantages, shared start states, ratio == 1, deterministic steps, short runs."""
 
 import numpy as np
 import pytest
 import torch
 
+from agents.chain_pg import ChainPGLearner, CPSConfig, DDPOISConfig, DDPOSFConfig, GRPOConfig, group_advantages
 from agents.finetune import FinetuneConfig, finetune
-from agents.grpo import CPSConfig, GRPOConfig, GRPOLearner, group_advantages
 from agents.reinflow import RatioCheckError
 from flowpolicy import load_agent, load_policy
 from flowpolicy.config import from_dict
@@ -20,10 +20,22 @@ def test_group_advantages_are_normalized_within_each_group_and_sum_to_zero():
     assert group_advantages(torch.tensor([0.0, 0.0, 0.0, 1e6]), 4, clip=1.5).max() == 1.5
 
 
+@pytest.fixture(scope="module")
+def reach_diffusion_policy(tmp_path_factory):
+    from flowpolicy import save_policy
+    from flowpolicy.networks import NetworkConfig
+    from flowpolicy.policy import Policy, PolicyConfig
+
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(kind="diffusion", obs_dim=2, action_dim=2, horizon=1, num_steps=4,
+                                 network=NetworkConfig(hidden=[32, 32])))
+    return save_policy(policy, tmp_path_factory.mktemp("reach_diffusion"), metadata={"env_id": "ReachTest-v0"})
+
+
 def make_learner(reach_policy, **cfg):
     policy, _ = load_policy(reach_policy)
     config = GRPOConfig(**{"group_size": 4, "num_groups": 3, "max_decisions": 8, **cfg})
-    return GRPOLearner(policy, "ReachTest-v0", config, total_iterations=10, seed=0)
+    return ChainPGLearner(policy, "ReachTest-v0", config, total_iterations=10, seed=0)
 
 
 def test_members_of_a_group_start_from_the_same_state(reach_policy):
@@ -36,8 +48,13 @@ def test_members_of_a_group_start_from_the_same_state(reach_policy):
     learner.envs.close()
 
 
-def test_ratio_is_one_on_the_first_minibatch_and_the_check_fires(reach_policy):
-    learner = make_learner(reach_policy)
+@pytest.mark.parametrize("kind", ["flow", "diffusion"])
+def test_ratio_is_one_on_the_first_minibatch_and_the_check_fires(reach_policy, reach_diffusion_policy, kind):
+    """GRPO's flow_sde chains and DDPO_IS's DDIM η = 1 chains (whose last step is deterministic)."""
+    learner = make_learner(reach_policy) if kind == "flow" else \
+        make_learner(reach_diffusion_policy, sampler="ddim", eta=1.0)
+    if kind == "diffusion":
+        assert learner.trained_steps.tolist() == [True, True, True, False]
     learner.collect(1)
     assert learner.update(1)["losses/logprob_max_dev"] <= 1e-5
     learner.collect(2)
@@ -88,20 +105,37 @@ def test_kl_to_the_reference_and_resume(reach_policy, tmp_path, monkeypatch):
         return grpo_config(reach_policy, out, total=1024, kl_coef=0.1)
 
     full = finetune(config(tmp_path / "full"))
-    original = GRPOLearner.update
+    original = ChainPGLearner.update
 
     def crash_at_iteration_2(self, iteration):
         if iteration == 2:
             raise KeyboardInterrupt
         return original(self, iteration)
 
-    monkeypatch.setattr(GRPOLearner, "update", crash_at_iteration_2)
+    monkeypatch.setattr(ChainPGLearner, "update", crash_at_iteration_2)
     with pytest.raises(KeyboardInterrupt):
         finetune(config(tmp_path / "resumed"))
-    monkeypatch.setattr(GRPOLearner, "update", original)
+    monkeypatch.setattr(ChainPGLearner, "update", original)
     resumed = finetune(config(tmp_path / "resumed"), resume=True)
     assert resumed["final_return"] == full["final_return"] and resumed["env_steps"] == full["env_steps"]
 
 
 def test_cps_config_defaults_to_the_cps_sampler():
     assert CPSConfig().sampler == "cps" and GRPOConfig().sampler == "flow_sde"
+
+
+def test_ddpo_configs_use_ddim_on_diffusion_policies_and_refuse_flows(reach_policy):
+    assert DDPOISConfig().sampler == "ddim" and DDPOISConfig().eta == 1.0 and DDPOISConfig().estimator == "ppo"
+    assert DDPOSFConfig().estimator == "reinforce" and DDPOSFConfig().update_epochs == 1
+    with pytest.raises(ValueError, match="does not apply to a flow policy"):
+        make_learner(reach_policy, sampler="ddim")
+
+
+@pytest.mark.parametrize("algorithm,algo,keep", [
+    ("ddpo_is", {"clip_range": 0.1}, 0.5),  # measured: −20.3 → −0.9
+    ("ddpo_sf", {"actor_lr": 1e-2}, 0.75),  # measured: −20.3 → −11.4 (one gradient step per batch: slower)
+])
+def test_ddpo_improves_a_tiny_task_with_a_diffusion_policy(reach_diffusion_policy, tmp_path, algorithm, algo, keep):
+    summary = finetune(grpo_config(reach_diffusion_policy, tmp_path, algorithm, total=12288, **algo))
+    assert summary["initial_return"] < -15 and summary["final_return"] > keep * summary["initial_return"], summary
+    assert load_policy(tmp_path / "policy")[0].config.kind == "diffusion"

@@ -1,19 +1,28 @@
-"""Flow-GRPO and Flow-CPS: group-relative policy optimization of a flow policy through its stochastic sampler.
+"""Policy gradients through the stochastic denoising chain: DDPO (SF and IS), Flow-GRPO and Flow-CPS.
 
-Adapted from image generation (Flow-GRPO, CPS) to action chunks. Each iteration starts ``num_groups``
-groups of ``group_size`` envs; the members of a group are reset with the *same* seed, so they start from
-the same state (the papers' "same prompt"). Every env runs one episode (up to ``max_decisions``), sampling
-each chunk with the ``flow_sde`` sampler (Flow-GRPO) or the ``cps`` sampler (Flow-CPS), whose chains carry
-exact per-step Gaussian log-probs. There is no critic: an episode's return R is turned into the advantage
-``(R − mean_group)/(std_group + 1e-4)``, clipped to ±``adv_clip`` and broadcast to every decision of the
-episode. The loss is PPO-clip on *per-denoising-step* ratios (each step's log-prob a per-dimension mean),
-averaged over the trained steps, plus an optional KL to the frozen pretrained policy,
-``β·‖μ_θ − μ_ref‖²/(2σ²)`` per step (exact for two Gaussians with the same σ). Deterministic steps (σ = 0,
-e.g. CPS's last step) never enter the loss; ``train_steps`` restricts the loss to a window of steps.
-Evaluation and the saved policy use the deterministic ODE. The ratio == 1 check on the first minibatch of
-every update is an assertion, as in ReinFlow, on the per-step log-ratios themselves (|log r| ≤ 1e-5; the
-per-step sums over D dimensions differ by ~1e-5 between the rollout's small batches and the update's big
-ones from float32 matmul ordering alone).
+Adapted from image generation to action chunks; one learner, configured per method:
+
+| method | policy | sampler | estimator |
+|---|---|---|---|
+| DDPO_SF (``ddpo_sf``) | diffusion (ε) | ``ddim`` η = 1 | ``reinforce``: −A·Σ_k log p_k, one step per batch |
+| DDPO_IS (``ddpo_is``) | diffusion (ε) | ``ddim`` η = 1 | ``ppo``: clipped per-step importance ratios, epochs |
+| Flow-GRPO (``grpo``) | flow | ``flow_sde`` (a) | ``ppo`` |
+| Flow-CPS (``cps``) | flow | ``cps`` (η) | ``ppo`` |
+
+Each iteration starts ``num_groups`` groups of ``group_size`` envs; the members of a group are reset with
+the *same* seed, so they start from the same state (the papers' "same prompt"). Every env runs one
+episode (up to ``max_decisions``), sampling each chunk with the method's sampler, whose chains carry exact
+per-step Gaussian log-probs. There is no critic: an episode's return R becomes the advantage
+``(R − mean)/(std + 1e-4)`` over its group (``advantages: group``, GRPO and DDPO's per-prompt
+normalization) or over the whole batch (``batch``), clipped to ±``adv_clip`` and broadcast to every
+decision of the episode. The PPO loss clips *per-denoising-step* ratios (each step's log-prob a
+per-dimension mean) and averages over the trained steps; an optional KL to the frozen pretrained policy
+adds ``β·‖μ_θ − μ_ref‖²/(2σ²)`` per step (exact for two Gaussians with the same σ). Deterministic steps
+(σ = 0: CPS's and DDIM's last step) never enter a loss; ``train_steps`` restricts it to a window.
+Evaluation and the saved policy use the deterministic sampler (ODE / DDIM η = 0). The ratio == 1 check on
+the first minibatch of every PPO update is an assertion, as in ReinFlow, on the per-step log-ratios
+themselves (|log r| ≤ 1e-5; the per-step sums over D dimensions differ by ~1e-5 between the rollout's
+small batches and the update's big ones from float32 matmul ordering alone).
 
 An iteration takes a variable number of env steps (whole episodes), so the runner runs it until the
 env-step budget is spent. Envs whose episode ended keep stepping (a vector env steps all envs) until the
@@ -34,14 +43,17 @@ from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
 
-SAMPLERS = ("flow_sde", "cps")
+FLOW_SAMPLERS, DIFFUSION_SAMPLERS = ("flow_sde", "cps"), ("ddim",)
+ESTIMATORS, ADVANTAGES = ("ppo", "reinforce"), ("group", "batch")
 
 
 @dataclass
 class GRPOConfig:
-    sampler: str = "flow_sde"  # flow_sde (Flow-GRPO) | cps (Flow-CPS)
+    sampler: str = "flow_sde"  # flow_sde (Flow-GRPO) | cps (Flow-CPS) | ddim (DDPO, diffusion policies)
     a: float = 0.7  # flow_sde noise scale
-    eta: float = 0.8  # cps noise angle
+    eta: float = 0.8  # cps noise angle; DDIM's η for ddim
+    estimator: str = "ppo"  # ppo (clipped per-step ratios) | reinforce (DDPO_SF: one step per batch)
+    advantages: str = "group"  # group | batch
     K: int | None = None  # denoising steps in rollouts and the loss (default: the policy's)
     group_size: int = 8
     num_groups: int = 2
@@ -64,24 +76,47 @@ class CPSConfig(GRPOConfig):
     sampler: str = "cps"
 
 
+@dataclass
+class DDPOISConfig(GRPOConfig):
+    """DDPO_IS: diffusion policy, DDIM η = 1, clipped per-step importance ratios (clip as in DDPO)."""
+
+    sampler: str = "ddim"
+    eta: float = 1.0
+    clip_range: float = 1e-4
+
+
+@dataclass
+class DDPOSFConfig(DDPOISConfig):
+    """DDPO_SF: the score-function (REINFORCE) estimator, one gradient step per batch of fresh data."""
+
+    estimator: str = "reinforce"
+    update_epochs: int = 1
+
+
 def group_advantages(returns: torch.Tensor, group_size: int, clip: float = 5.0) -> torch.Tensor:
-    """(R − group mean)/(group std + 1e-4) for returns laid out group-major ([g0 m0, g0 m1, …]), clipped."""
+    """(R − group mean)/(group std + 1e-4) for returns laid out group-major ([g0 m0, g0 m1, …]), clipped.
+    ``group_size`` = len(returns) normalizes over the whole batch."""
     grouped = returns.reshape(-1, group_size)
     adv = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, unbiased=False, keepdim=True) + 1e-4)
     return adv.clamp(-clip, clip).reshape(-1)
 
 
-class GRPOLearner:
-    name = "grpo"
+class ChainPGLearner:
+    name = "chain_pg"
     runs_until_env_steps = True
 
     def __init__(self, policy: Policy, env_id: str, config: GRPOConfig, total_iterations: int, seed: int = 0,
                  device: str = "cpu", reference: Policy | None = None):
         """``reference``: the pretrained policy for the KL term (default: a copy of ``policy``)."""
-        if policy.config.kind not in ("flow", "shortcut"):
-            raise ValueError(f"GRPO/CPS fine-tune flow policies; this policy is {policy.config.kind!r}")
-        if config.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {config.sampler!r}")
+        kind = policy.config.kind
+        allowed = DIFFUSION_SAMPLERS if kind == "diffusion" else FLOW_SAMPLERS if kind in ("flow", "shortcut") else ()
+        if config.sampler not in allowed:
+            raise ValueError(f"sampler {config.sampler!r} does not apply to a {kind} policy"
+                             + (f"; use one of {allowed}" if allowed else ""))
+        if config.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {config.estimator!r}")
+        if config.advantages not in ADVANTAGES:
+            raise ValueError(f"advantages must be one of {ADVANTAGES}, got {config.advantages!r}")
         if config.group_size < 2:
             raise ValueError(f"group_size must be ≥ 2 (advantages are relative to the group), got {config.group_size}")
         self.cfg, self.seed, self.device = config, seed, torch.device(device)
@@ -168,8 +203,9 @@ class GRPOLearner:
             if not active.any():
                 break
         owner = torch.cat(owners)
-        advantages = group_advantages(torch.as_tensor(returns, dtype=torch.float32, device=self.device),
-                                      self.cfg.group_size, self.cfg.adv_clip)
+        group = self.cfg.group_size if self.cfg.advantages == "group" else self.num_envs
+        advantages = group_advantages(torch.as_tensor(returns, dtype=torch.float32, device=self.device), group,
+                                      self.cfg.adv_clip)
         self.batch = {"cond": torch.cat(conds), "chains": torch.cat(chains), "log_probs": torch.cat(log_probs),
                       "advantages": advantages[owner]}
         return {"env_steps": int(lengths.sum()), "episode_returns": returns.tolist(),
@@ -177,6 +213,31 @@ class GRPOLearner:
 
     # -- update ------------------------------------------------------------------------------------
     def update(self, iteration: int) -> dict:
+        if self.cfg.estimator == "reinforce":
+            return self._reinforce_update()
+        return self._ppo_update(iteration)
+
+    def _reinforce_update(self) -> dict:
+        """DDPO_SF: ∇ E[A·Σ_k log p_k] estimated on the fresh batch, one optimizer step (gradients of the
+        minibatches are accumulated), so θ = θ_old throughout and no ratio is needed."""
+        c = self.cfg
+        model_fn = self.policy.model.model_fn(self.K)
+        n, trained = self.batch["cond"].shape[0], self.trained_steps
+        self.actor_opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for start in range(0, n, c.minibatch_size):
+            sl = slice(start, start + c.minibatch_size)
+            x_next, mean, std = self.sampler.step_distributions(model_fn, self.batch["cond"][sl],
+                                                                self.batch["chains"][sl], self.K)
+            log_probs = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)[:, trained] / self.D
+            loss = -(self.batch["advantages"][sl, None] * log_probs).sum() / (n * int(trained.sum()))
+            loss.backward()
+            total += loss.item()
+        nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+        self.actor_opt.step()
+        return {"losses/policy_loss": total, "charts/decisions": float(n)}
+
+    def _ppo_update(self, iteration: int) -> dict:
         c = self.cfg
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "kl", "approx_kl", "clipfrac",
                                                          "logprob_max_dev")}
