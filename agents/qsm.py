@@ -49,6 +49,7 @@ from torch import nn
 
 from agents.critics import DoubleQ, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
+from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 
@@ -64,6 +65,7 @@ class QSMConfig:
     updates_per_decision: float = 0.25  # gradient steps per collected decision (summed over envs)
     critic_lr: float = 3e-4
     actor_lr: float = 3e-5
+    actor_lr_min_fraction: float = 1.0  # cosine decay of the actor's step over the run (1.0: constant)
     tau: float = 0.005
     q_grad_coeff: float = 0.1  # α
     grad_at: str = "denoised"  # noised | denoised | clean (see the module docstring)
@@ -208,6 +210,8 @@ class QSMLearner:
 
     def update(self, iteration: int) -> dict:
         c = self.cfg
+        self.actor_opt.param_groups[0]["lr"] = c.actor_lr * cosine_factor(iteration, self.total_iterations,
+                                                                          c.actor_lr_min_fraction)
         n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.num_steps)))
         actor_active = iteration >= c.critic_warmup_iterations
         stats: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "q": [], "q_grad_norm": []}
@@ -245,6 +249,7 @@ class QSMLearner:
         out["charts/q_mean"] = float(np.mean(stats["q"]))
         if stats["q_grad_norm"]:
             out["charts/q_grad_norm"] = float(np.mean(stats["q_grad_norm"]))
+        out["charts/actor_lr"] = self.actor_opt.param_groups[0]["lr"]
         out["charts/replay_size"] = float(len(self.replay))
         out["charts/gradient_steps"] = float(n_updates)
         return out

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from agents.buffers import RolloutBuffer
+from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.networks import MLP
 from flowpolicy.noise import NoiseNet
@@ -155,7 +156,7 @@ class ReinFlowLearner:
     def _schedule(self, iteration: int) -> None:
         c = self.cfg
         progress = iteration / max(1, self.total_iterations - 1)
-        factor = c.lr_min_fraction + (1 - c.lr_min_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+        factor = cosine_factor(iteration, self.total_iterations, c.lr_min_fraction)
         self.actor_opt.param_groups[0]["lr"] = c.actor_lr * factor
         self.actor_opt.param_groups[1]["lr"] = c.noise_lr * factor
         self.critic_opt.param_groups[0]["lr"] = c.critic_lr * factor
