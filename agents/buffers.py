@@ -48,7 +48,9 @@ class RolloutBuffer:
     """Fixed-size [T, N] storage of decisions for N envs, filled step by step, then flattened."""
 
     def __init__(self, num_steps: int, num_envs: int, cond_dim: int, chain_shape: tuple[int, int],
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", extra_shapes: dict[str, tuple[int, ...]] | None = None):
+        """``extra_shapes``: further per-decision tensors a learner stores (e.g. FPO's (τ, ε) pairs), passed
+        to :meth:`add` by name and returned by :meth:`minibatches`."""
         T, N = num_steps, num_envs
         K1, D = chain_shape
         self.T, self.N, self.device = T, N, torch.device(device)
@@ -64,9 +66,10 @@ class RolloutBuffer:
         self.truncated = torch.zeros(T, N, dtype=torch.bool, **z)
         self.advantages = torch.zeros(T, N, **z)
         self.returns = torch.zeros(T, N, **z)
+        self.extras = {name: torch.zeros(T, N, *shape, **z) for name, shape in (extra_shapes or {}).items()}
         self.step = 0
 
-    def add(self, cond, chain_xs, log_probs, values, rewards, terminated, truncated, next_cond) -> None:
+    def add(self, cond, chain_xs, log_probs, values, rewards, terminated, truncated, next_cond, **extras) -> None:
         if self.step >= self.T:
             raise IndexError("rollout buffer is full")
         t = self.step
@@ -78,6 +81,8 @@ class RolloutBuffer:
         self.terminated[t] = torch.as_tensor(np.asarray(terminated), device=self.device)
         self.truncated[t] = torch.as_tensor(np.asarray(truncated), device=self.device)
         self.next_cond[t] = next_cond
+        for name, value in extras.items():
+            self.extras[name][t] = value
         self.step += 1
 
     @property
@@ -101,6 +106,7 @@ class RolloutBuffer:
             "cond": self.cond.reshape(n, -1), "chains": self.chains.reshape(n, *self.chains.shape[2:]),
             "log_probs": self.log_probs.reshape(n, -1), "values": self.values.reshape(n),
             "advantages": self.advantages.reshape(n), "returns": self.returns.reshape(n),
+            **{name: value.reshape(n, *value.shape[2:]) for name, value in self.extras.items()},
         }
         order = torch.randperm(n, generator=generator, device=generator.device).to(self.device)
         for start in range(0, n, batch_size):

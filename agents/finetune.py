@@ -17,6 +17,7 @@ import torch
 
 from agents.cfgrl import CFGRLConfig, CFGRLLearner
 from agents.chain_pg import ChainPGLearner, CPSConfig, DDPOISConfig, DDPOSFConfig, GRPOConfig
+from agents.fpo import FPOConfig, FPOLearner
 from agents.qsm import QSMConfig, QSMLearner
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import Runner, RunnerConfig, last_checkpoint
@@ -27,7 +28,7 @@ from flowpolicy.config import ConfigError, from_dict
 ALGORITHMS = {"reinflow": (ReinFlowConfig, ReinFlowLearner), "qsm": (QSMConfig, QSMLearner),
               "cfgrl": (CFGRLConfig, CFGRLLearner), "grpo": (GRPOConfig, ChainPGLearner),
               "cps": (CPSConfig, ChainPGLearner), "ddpo_is": (DDPOISConfig, ChainPGLearner),
-              "ddpo_sf": (DDPOSFConfig, ChainPGLearner)}
+              "ddpo_sf": (DDPOSFConfig, ChainPGLearner), "fpo": (FPOConfig, FPOLearner)}
 
 
 @dataclass

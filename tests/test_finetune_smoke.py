@@ -14,6 +14,8 @@ SMOKE = {
                       "algo.batch_size=32"],
     "grpo": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=64"],
     "cps": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=64"],
+    "fpo": ["algo.num_envs=2", "algo.num_steps=8", "algo.minibatch_size=8", "algo.critic_warmup_iterations=0",
+            "runner.total_env_steps=64"],
     "cfgrl-online": ["algo.mode=online", "algo.num_envs=2", "algo.num_steps=8", "algo.critic_pretrain_steps=20",
                      "algo.batch_size=32", "runner.total_env_steps=128"],
 }

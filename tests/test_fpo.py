@@ -1,0 +1,89 @@
+"""FPO: per-sample flow-matching losses, stored (τ, ε), ratio == 1, and a short run that improves."""
+
+import numpy as np
+import pytest
+import torch
+
+from agents.finetune import FinetuneConfig, finetune
+from agents.fpo import FPOConfig, FPOLearner, cfm_losses
+from agents.reinflow import RatioCheckError
+from flowpolicy import load_agent, load_policy
+from flowpolicy.config import from_dict
+
+
+def test_cfm_losses_match_a_hand_computed_loop(reach_policy):
+    policy, _ = load_policy(reach_policy)
+    gen = torch.Generator().manual_seed(0)
+    cond, actions = torch.randn(3, 2, generator=gen), torch.randn(3, 2, generator=gen)
+    taus, noises = torch.rand(3, 4, generator=gen), torch.randn(3, 4, 2, generator=gen)
+    with torch.no_grad():
+        got = cfm_losses(policy, cond, actions, taus, noises, "velocity")
+        got_eps = cfm_losses(policy, cond, actions, taus, noises, "epsilon")
+        for b in range(3):
+            for i in range(4):
+                t, e = taus[b, i], noises[b, i]
+                x = t * actions[b] + (1 - t) * e
+                v = policy.model.velocity(x[None], t[None], cond[b][None])[0]
+                expected = (v - (actions[b] - e)).square().mean()
+                assert got[b, i] == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+                # the ε-weighted loss is the error of the implied noise prediction x − τ·v
+                eps_err = ((x - t * v) - e).square().mean()
+                assert got_eps[b, i] == pytest.approx(eps_err.item(), rel=1e-4, abs=1e-7)
+
+
+def make_learner(policy_path, **cfg):
+    policy, _ = load_policy(policy_path)
+    config = FPOConfig(**{"num_envs": 4, "num_steps": 16, "minibatch_size": 32, "critic_hidden": [16],
+                          "critic_warmup_iterations": 0, **cfg})
+    return FPOLearner(policy, "ReachTest-v0", config, total_iterations=4, seed=0)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_ratio_is_one_with_the_stored_tau_and_noise_and_the_check_fires(reach_policy, per_sample):
+    learner = make_learner(reach_policy, per_sample_ratio=per_sample)
+    learner.collect(0)
+    assert learner.update(0)["losses/logratio_max_dev"] <= 1e-5
+    learner.collect(1)
+    # recomputation must use the stored (τ, ε): with other noises the losses, hence the ratio, change
+    learner.buffer.extras["noises"] += 0.3
+    with pytest.raises(RatioCheckError, match="iteration 1"):
+        learner.update(1)
+    learner.collect(2)
+    learner.buffer.extras["taus"] = (learner.buffer.extras["taus"] + 0.2) % 1.0
+    with pytest.raises(RatioCheckError, match="iteration 2"):
+        learner.update(2)
+    learner.envs.close()
+
+
+def fpo_config(policy, out, total=8192, **algo):
+    return from_dict(FinetuneConfig, {
+        "algorithm": "fpo", "env_id": "ReachTest-v0", "policy": str(policy), "out": str(out), "seed": 1,
+        "torch_threads": 1,
+        "runner": {"total_env_steps": total, "eval_every": 0, "eval_episodes": 16, "progress": False},
+        "algo": {"num_envs": 8, "num_steps": 64, "minibatch_size": 128, "update_epochs": 4, "actor_lr": 3e-3,
+                 "critic_lr": 3e-3, "clip_range": 0.2, "critic_warmup_iterations": 1, "critic_hidden": [32, 32],
+                 "lr_min_fraction": 1.0, **algo}})
+
+
+def test_fpo_improves_a_tiny_task_and_saves_a_loadable_policy(reach_policy, tmp_path):
+    summary = finetune(fpo_config(reach_policy, tmp_path))
+    # measured: −12.2 → −1.4 (optimum 0)
+    assert summary["initial_return"] < -5 and summary["final_return"] > 0.5 * summary["initial_return"], summary
+    assert load_agent(tmp_path / "policy").act(np.zeros(2, np.float32)).shape == (2,)
+
+
+def test_fpo_resume_reproduces_an_uninterrupted_run(reach_policy, tmp_path, monkeypatch):
+    full = finetune(fpo_config(reach_policy, tmp_path / "full", total=2048))
+    original = FPOLearner.update
+
+    def crash_at_iteration_2(self, iteration):
+        if iteration == 2:
+            raise KeyboardInterrupt
+        return original(self, iteration)
+
+    monkeypatch.setattr(FPOLearner, "update", crash_at_iteration_2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(fpo_config(reach_policy, tmp_path / "resumed", total=2048))
+    monkeypatch.setattr(FPOLearner, "update", original)
+    resumed = finetune(fpo_config(reach_policy, tmp_path / "resumed", total=2048), resume=True)
+    assert resumed["final_return"] == full["final_return"] and resumed["env_steps"] == full["env_steps"]
