@@ -171,16 +171,8 @@ class ChainPGLearner:
         base = self.seed * 1_000_003 + iteration * self.cfg.num_groups
         return [base + g for g in range(self.cfg.num_groups) for _ in range(self.cfg.group_size)]
 
-    def collect(self, iteration: int) -> dict:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._collect(iteration)
-        finally:
-            torch.set_num_threads(threads)
-
     @torch.no_grad()
-    def _collect(self, iteration: int) -> dict:
+    def collect(self, iteration: int) -> dict:
         obs = self.envs.reset(seed=self.group_seeds(iteration))
         act_steps = self.policy.config.act_steps
         active = np.ones(self.num_envs, dtype=bool)

@@ -119,16 +119,8 @@ class FPOLearner:
         return self.critic(cond).squeeze(-1)
 
     # -- rollout -----------------------------------------------------------------------------------
-    def collect(self, iteration: int) -> dict:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._collect(iteration)
-        finally:
-            torch.set_num_threads(threads)
-
     @torch.no_grad()
-    def _collect(self, iteration: int) -> dict:
+    def collect(self, iteration: int) -> dict:
         c = self.cfg
         factor = cosine_factor(iteration, self.total_iterations, c.lr_min_fraction)
         self.actor_opt.param_groups[0]["lr"] = c.actor_lr * factor

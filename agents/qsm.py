@@ -179,12 +179,10 @@ class QSMLearner:
         return modules, optimizers, {"learner": self.generator}, {"replay_position": self.replay.position}
 
     def training_arrays(self) -> dict:
-        return {f"replay/{k}": v for k, v in self.replay.state_tensors().items()}
+        return self.replay.arrays()
 
     def load_extra(self, extra: dict, arrays: dict) -> None:
-        tensors = {k[len("replay/"):]: v for k, v in arrays.items() if k.startswith("replay/")}
-        if tensors:
-            self.replay.load_state_tensors(tensors, extra["replay_position"])
+        self.replay.load_arrays(arrays, extra["replay_position"])
 
     # -- rollout -----------------------------------------------------------------------------------
     def collect(self, iteration: int) -> dict:

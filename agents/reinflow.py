@@ -164,17 +164,8 @@ class ReinFlowLearner:
             self.noise.set_bounds(c.sigma_min, c.sigma_max + (c.sigma_max_end - c.sigma_max) * progress)
 
     # -- rollout ----------------------------------------------------------------------------------
-    def collect(self, iteration: int) -> dict:
-        # Rollout inference runs on a handful of rows per call: extra threads only add synchronization.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._collect(iteration)
-        finally:
-            torch.set_num_threads(threads)
-
     @torch.no_grad()
-    def _collect(self, iteration: int) -> dict:
+    def collect(self, iteration: int) -> dict:
         self._schedule(iteration)
         obs = self.envs.reset(seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs)
         if self.reward_scale:

@@ -54,6 +54,16 @@ class ReplayBuffer:
         return {"cond": self.cond[:n], "actions": self.actions[:n], "rewards": self.rewards[:n],
                 "next_cond": self.next_cond[:n], "terminated": self.terminated[:n]}
 
+    def arrays(self, prefix: str = "replay/") -> dict[str, torch.Tensor]:
+        """The contents as named arrays for a learner's ``training_arrays``."""
+        return {prefix + k: v for k, v in self.state_tensors().items()}
+
+    def load_arrays(self, arrays: dict[str, torch.Tensor], position: int, prefix: str = "replay/") -> None:
+        """Restore from :meth:`arrays` (a learner's ``load_extra``); nothing happens if none were saved."""
+        tensors = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        if tensors:
+            self.load_state_tensors(tensors, position)
+
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], position: int) -> None:
         n = tensors["cond"].shape[0]
         for key, value in tensors.items():
@@ -104,25 +114,20 @@ def collect_into_replay(policy: Policy, sampler: Sampler, K: int, envs: VecEnv, 
     """Reset ``envs`` with ``seed`` (so a resumed run needs no simulator state), run ``num_steps`` decisions
     of ``policy`` (+ Gaussian exploration noise, then clipped to the box: the executed action is what is
     stored) and add every transition to ``replay``. Returns the runner's rollout metrics."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a handful of rows per call: extra threads only add synchronization
-    try:
-        obs = envs.reset(seed=seed)
-        act_steps, device = policy.config.act_steps, policy.device
-        returns, lengths, env_steps = [], [], 0
-        for _ in range(num_steps):
-            cond = policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=device))
-            x = policy.sample(cond, sampler, K, generator).actions
-            if exploration_noise:
-                x = x + exploration_noise * torch.randn(x.shape, generator=generator, device=device)
-            x = x.clamp(-1.0, 1.0)  # env_actions clips identically
-            out = envs.step(policy.env_actions(x)[:, :act_steps].cpu().numpy())
-            next_cond = policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=device))
-            replay.add(cond, x, out.reward * reward_scale, next_cond, out.terminated)
-            returns += out.episode_returns
-            lengths += out.episode_lengths
-            env_steps += int(out.env_steps.sum())
-            obs = out.obs
-    finally:
-        torch.set_num_threads(threads)
+    obs = envs.reset(seed=seed)
+    act_steps, device = policy.config.act_steps, policy.device
+    returns, lengths, env_steps = [], [], 0
+    for _ in range(num_steps):
+        cond = policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        x = policy.sample(cond, sampler, K, generator).actions
+        if exploration_noise:
+            x = x + exploration_noise * torch.randn(x.shape, generator=generator, device=device)
+        x = x.clamp(-1.0, 1.0)  # env_actions clips identically
+        out = envs.step(policy.env_actions(x)[:, :act_steps].cpu().numpy())
+        next_cond = policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=device))
+        replay.add(cond, x, out.reward * reward_scale, next_cond, out.terminated)
+        returns += out.episode_returns
+        lengths += out.episode_lengths
+        env_steps += int(out.env_steps.sum())
+        obs = out.obs
     return {"env_steps": env_steps, "episode_returns": returns, "episode_lengths": lengths}

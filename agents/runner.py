@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,6 +38,18 @@ from envs.registry import get_task
 from flowpolicy.agent import Agent
 from flowpolicy.checkpoint import atomic_write_json, save_policy
 from flowpolicy.policy import Policy
+
+
+@contextmanager
+def single_threaded():
+    """Rollouts run inference on a handful of rows per call, where extra torch threads only add
+    synchronization: the runner collects with one thread (updates use the configured number)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
@@ -158,7 +171,8 @@ class Runner:
         last_return = None
         for iteration in range(state["iteration"], self.iterations):
             t0 = time.time()
-            rollout = self.learner.collect(iteration)
+            with single_threaded():
+                rollout = self.learner.collect(iteration)
             t1 = time.time()
             metrics = self.learner.update(iteration)
             t2 = time.time()

@@ -92,3 +92,24 @@ def reach_policy(tmp_path_factory):
     policy = Policy(PolicyConfig(obs_dim=2, action_dim=2, horizon=1, num_steps=2,
                                  network=NetworkConfig(hidden=[32, 32])))
     return save_policy(policy, tmp_path_factory.mktemp("reach"), metadata={"env_id": "ReachTest-v0"})
+
+
+def full_and_resumed_runs(make_config, learner_cls, tmp_path, monkeypatch, crash_at: int = 2):
+    """Summaries of a run to completion and of the same run interrupted (KeyboardInterrupt in
+    ``learner_cls.update`` at iteration ``crash_at``) then continued with ``--resume`` semantics.
+    ``make_config(out_dir)`` builds the FinetuneConfig."""
+    from agents.finetune import finetune
+
+    full = finetune(make_config(tmp_path / "full"))
+    original = learner_cls.update
+
+    def crash(self, iteration):
+        if iteration == crash_at:
+            raise KeyboardInterrupt
+        return original(self, iteration)
+
+    monkeypatch.setattr(learner_cls, "update", crash)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(make_config(tmp_path / "resumed"))
+    monkeypatch.setattr(learner_cls, "update", original)
+    return full, finetune(make_config(tmp_path / "resumed"), resume=True)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import full_and_resumed_runs
 
 from agents.cfgrl import CFGRLConfig, CFGRLLearner, IQLCritic, guided_policy_from
 from agents.critics import expectile_loss
@@ -204,20 +205,8 @@ def test_online_cfgrl_collects_into_the_replay_and_resumes_exactly(reach_bc_poli
         cfg.runner.eval_every = 1
         return cfg
 
-    full = finetune(config(tmp_path / "full"))
+    full, resumed = full_and_resumed_runs(config, CFGRLLearner, tmp_path, monkeypatch, crash_at=3)
     assert full["env_steps"] == 1024 and full["iterations"] == 8
-    original = CFGRLLearner.update
-
-    def crash_at_iteration_3(self, iteration):
-        if iteration == 3:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(CFGRLLearner, "update", crash_at_iteration_3)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config(tmp_path / "resumed"))
-    monkeypatch.setattr(CFGRLLearner, "update", original)
-    resumed = finetune(config(tmp_path / "resumed"), resume=True)
     assert resumed["final_return"] == full["final_return"] and resumed["env_steps"] == full["env_steps"]
     agent = load_agent(tmp_path / "resumed" / "policy")
     assert agent.act(np.zeros(2, np.float32)).shape == (2,)

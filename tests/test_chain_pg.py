@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import full_and_resumed_runs
 
 from agents.chain_pg import ChainPGLearner, CPSConfig, DDPOISConfig, DDPOSFConfig, GRPOConfig, group_advantages
 from agents.finetune import FinetuneConfig, finetune
@@ -104,19 +105,7 @@ def test_kl_to_the_reference_and_resume(reach_policy, tmp_path, monkeypatch):
     def config(out):
         return grpo_config(reach_policy, out, total=1024, kl_coef=0.1)
 
-    full = finetune(config(tmp_path / "full"))
-    original = ChainPGLearner.update
-
-    def crash_at_iteration_2(self, iteration):
-        if iteration == 2:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(ChainPGLearner, "update", crash_at_iteration_2)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config(tmp_path / "resumed"))
-    monkeypatch.setattr(ChainPGLearner, "update", original)
-    resumed = finetune(config(tmp_path / "resumed"), resume=True)
+    full, resumed = full_and_resumed_runs(config, ChainPGLearner, tmp_path, monkeypatch)
     assert resumed["final_return"] == full["final_return"] and resumed["env_steps"] == full["env_steps"]
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import full_and_resumed_runs
 
 from agents.finetune import FinetuneConfig, finetune
 from agents.fpo import FPOConfig, FPOLearner, cfm_losses
@@ -73,17 +74,8 @@ def test_fpo_improves_a_tiny_task_and_saves_a_loadable_policy(reach_policy, tmp_
 
 
 def test_fpo_resume_reproduces_an_uninterrupted_run(reach_policy, tmp_path, monkeypatch):
-    full = finetune(fpo_config(reach_policy, tmp_path / "full", total=2048))
-    original = FPOLearner.update
+    def config(out):
+        return fpo_config(reach_policy, out, total=2048)
 
-    def crash_at_iteration_2(self, iteration):
-        if iteration == 2:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(FPOLearner, "update", crash_at_iteration_2)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(fpo_config(reach_policy, tmp_path / "resumed", total=2048))
-    monkeypatch.setattr(FPOLearner, "update", original)
-    resumed = finetune(fpo_config(reach_policy, tmp_path / "resumed", total=2048), resume=True)
+    full, resumed = full_and_resumed_runs(config, FPOLearner, tmp_path, monkeypatch)
     assert resumed["final_return"] == full["final_return"] and resumed["env_steps"] == full["env_steps"]

@@ -4,6 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import full_and_resumed_runs
 
 from agents.finetune import FinetuneConfig, finetune
 from agents.qsm import QSMConfig, QSMLearner, qsm_actor_loss
@@ -167,19 +168,7 @@ def test_qsm_resume_reproduces_an_uninterrupted_run(reach_policy, tmp_path, monk
     def config(out):
         return qsm_config(reach_policy, out, total=2048, anchor="reference", reference_update_every=1)
 
-    full = finetune(config(tmp_path / "full"))
-    original = QSMLearner.update
-
-    def crash_at_iteration_2(self, iteration):
-        if iteration == 2:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(QSMLearner, "update", crash_at_iteration_2)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config(tmp_path / "resumed"))
-    monkeypatch.setattr(QSMLearner, "update", original)
-    resumed = finetune(config(tmp_path / "resumed"), resume=True)
+    full, resumed = full_and_resumed_runs(config, QSMLearner, tmp_path, monkeypatch)
     for key in ("final_return", "env_steps", "iterations"):
         assert resumed[key] == full[key], key
     a, _ = load_policy(tmp_path / "full" / "policy")

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import full_and_resumed_runs
 
 from agents.buffers import RolloutBuffer, compute_gae
 from agents.finetune import FinetuneConfig, finetune
@@ -139,20 +140,7 @@ def test_resume_reproduces_an_uninterrupted_run(reach_policy, tmp_path, monkeypa
         cfg.runner.eval_every = 1
         return cfg
 
-    full = finetune(config(tmp_path / "full"))
-
-    original = ReinFlowLearner.update
-
-    def crash_at_iteration_2(self, iteration):
-        if iteration == 2:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(ReinFlowLearner, "update", crash_at_iteration_2)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config(tmp_path / "resumed"))
-    monkeypatch.setattr(ReinFlowLearner, "update", original)
-    resumed = finetune(config(tmp_path / "resumed"), resume=True)
+    full, resumed = full_and_resumed_runs(config, ReinFlowLearner, tmp_path, monkeypatch)
 
     for key in ("final_return", "best_return", "env_steps", "iterations", "initial_return"):
         assert resumed[key] == full[key], key
