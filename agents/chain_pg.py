@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.reinflow import RatioCheckError
+from agents.ppo import check_ratio_is_one, clipped_surrogate
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
@@ -245,19 +245,15 @@ class ChainPGLearner:
                 x_next, mean, std = self.sampler.step_distributions(model_fn, cond, chains, self.K)
                 new = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
                 if first:  # θ = θ_old here: every per-step log-ratio (what the ratio uses) must be 0
-                    deviation = ((new - old) / self.D).abs().max().item()
-                    if deviation > c.ratio_check_tol:
-                        raise RatioCheckError(f"recomputed chain log-probs deviate from the rollout's by "
-                                              f"{deviation:.2e} on the first minibatch of iteration {iteration} "
-                                              "(PPO ratio != 1)")
-                    stats["logprob_max_dev"].append(deviation)
+                    stats["logprob_max_dev"].append(check_ratio_is_one(
+                        (new - old) / self.D, c.ratio_check_tol, iteration, "per-step chain log-probs"))
                     first = False
                 std_k = torch.as_tensor(std, dtype=mean.dtype).expand_as(mean).reshape(-1, self.K, self.D)
                 trained = self.trained_steps
                 log_ratio = ((new - old) / self.D)[:, trained]
                 ratio = log_ratio.exp()
                 a = adv[:, None]
-                policy_loss = torch.maximum(-a * ratio, -a * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
+                policy_loss = clipped_surrogate(ratio, a, c.clip_range)
                 loss = policy_loss
                 if self.reference is not None:
                     with torch.no_grad():

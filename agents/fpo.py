@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from agents.buffers import RolloutBuffer
-from agents.reinflow import RatioCheckError, RunningReturnScale
+from agents.ppo import RunningReturnScale, check_ratio_is_one, clipped_surrogate
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.networks import MLP
@@ -178,16 +178,12 @@ class FPOLearner:
                 if not c.per_sample_ratio:
                     log_ratio = log_ratio.mean(-1, keepdim=True)
                 if first:  # θ = θ_old and the stored (τ, ε): the ratio must be exactly 1
-                    deviation = log_ratio.abs().max().item()
-                    if deviation > c.ratio_check_tol:
-                        raise RatioCheckError(f"recomputed flow-matching losses deviate from the rollout's by "
-                                              f"{deviation:.2e} on the first minibatch of iteration {iteration} "
-                                              "(PPO ratio != 1)")
-                    stats["logratio_max_dev"].append(deviation)
+                    stats["logratio_max_dev"].append(check_ratio_is_one(
+                        log_ratio, c.ratio_check_tol, iteration, "flow-matching losses"))
                     first = False
                 ratio = log_ratio.exp()
                 adv = mb["advantages"][:, None]
-                policy_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
+                policy_loss = clipped_surrogate(ratio, adv, c.clip_range)
                 self.actor_opt.zero_grad(set_to_none=True)
                 policy_loss.backward()
                 nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)

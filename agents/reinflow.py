@@ -31,16 +31,13 @@ import torch
 from torch import nn
 
 from agents.buffers import RolloutBuffer
+from agents.ppo import RunningReturnScale, check_ratio_is_one, clipped_surrogate
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.networks import MLP
 from flowpolicy.noise import NoiseNet
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
-
-
-class RatioCheckError(AssertionError):
-    """PPO's ratio was not 1 on the first minibatch: rollout and recomputation disagree."""
 
 
 @dataclass
@@ -71,32 +68,6 @@ class ReinFlowConfig:
     critic_activation: str = "silu"
     normalize_rewards: bool = True  # divide rewards by a running std of the discounted return
     ratio_check_tol: float = 1e-5  # max |recomputed − rollout| per-step log-prob on the first minibatch
-
-
-class RunningReturnScale:
-    """Reward scaling by the running std of the per-env discounted return (as gymnasium's NormalizeReward)."""
-
-    def __init__(self, num_envs: int, gamma: float):
-        self.gamma = gamma
-        self.returns = np.zeros(num_envs)
-        self.count, self.mean, self.var = 1e-4, 0.0, 1.0
-
-    def __call__(self, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
-        self.returns = self.returns * self.gamma + rewards
-        batch_mean, batch_var, n = self.returns.mean(), self.returns.var(), len(self.returns)
-        delta, total = batch_mean - self.mean, self.count + n
-        self.mean += delta * n / total
-        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
-        self.count = total
-        self.returns[done] = 0.0
-        return rewards / math.sqrt(self.var + 1e-8)
-
-    def state(self) -> dict:
-        return {"returns": self.returns.tolist(), "count": self.count, "mean": self.mean, "var": self.var}
-
-    def load(self, state: dict) -> None:
-        self.returns = np.asarray(state["returns"], dtype=np.float64)
-        self.count, self.mean, self.var = state["count"], state["mean"], state["var"]
 
 
 class ReinFlowLearner:
@@ -224,17 +195,13 @@ class ReinFlowLearner:
                                                                     mb["chains"], self.K)
                 step_log_probs = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
                 if first:  # θ = θ_old here: every recomputed step log-prob must equal the rollout's
-                    deviation = (step_log_probs - mb["log_probs"]).abs().max().item()
-                    if deviation > c.ratio_check_tol:
-                        raise RatioCheckError(f"recomputed chain log-probs deviate from the rollout's by "
-                                              f"{deviation:.2e} on the first minibatch of iteration {iteration} "
-                                              "(PPO ratio != 1)")
-                    stats["logprob_max_dev"].append(deviation)
+                    stats["logprob_max_dev"].append(check_ratio_is_one(
+                        step_log_probs - mb["log_probs"], c.ratio_check_tol, iteration, "chain log-probs"))
                     first = False
                 log_ratio = self._reduce(step_log_probs) - self._reduce(mb["log_probs"])
                 ratio = log_ratio.exp()
                 adv = mb["advantages"]
-                policy_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
+                policy_loss = clipped_surrogate(ratio, adv, c.clip_range)
                 entropy = std.log().mean()  # Gaussian entropy per dimension, up to a constant
                 loss = policy_loss - c.ent_coef * entropy
                 if self.reference is not None:

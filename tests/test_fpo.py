@@ -7,7 +7,7 @@ from conftest import full_and_resumed_runs
 
 from agents.finetune import FinetuneConfig, finetune
 from agents.fpo import FPOConfig, FPOLearner, cfm_losses
-from agents.reinflow import RatioCheckError
+from agents.ppo import RatioCheckError
 from flowpolicy import load_agent, load_policy
 from flowpolicy.config import from_dict
 

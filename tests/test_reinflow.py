@@ -10,7 +10,8 @@ from conftest import full_and_resumed_runs
 
 from agents.buffers import RolloutBuffer, compute_gae
 from agents.finetune import FinetuneConfig, finetune
-from agents.reinflow import RatioCheckError, ReinFlowConfig, ReinFlowLearner
+from agents.ppo import RatioCheckError
+from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import NonFiniteError
 from flowpolicy import load_agent, load_policy
 from flowpolicy.config import from_dict

@@ -1,0 +1,54 @@
+"""Pieces shared by the PPO-style learners (ReinFlow, FPO, DDPO_IS / Flow-GRPO / Flow-CPS): the clipped
+surrogate, the on-policy ratio check, and reward scaling by the running std of the discounted return."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+class RatioCheckError(AssertionError):
+    """PPO's ratio was not 1 on the first minibatch: rollout and recomputation disagree."""
+
+
+def check_ratio_is_one(log_ratio: torch.Tensor, tol: float, iteration: int, what: str) -> float:
+    """On the first minibatch of an update θ = θ_old, so every recomputed log-ratio must be 0: raise
+    :class:`RatioCheckError` naming the iteration when one exceeds ``tol``; returns the largest deviation."""
+    deviation = log_ratio.abs().max().item()
+    if deviation > tol:
+        raise RatioCheckError(f"recomputed {what} deviate from the rollout's by {deviation:.2e} on the first "
+                              f"minibatch of iteration {iteration} (PPO ratio != 1)")
+    return deviation
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """PPO's pessimistic clipped objective, as a loss: mean of max(−A·r, −A·clip(r, 1 ± ε))."""
+    return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
+
+
+class RunningReturnScale:
+    """Reward scaling by the running std of the per-env discounted return (as gymnasium's NormalizeReward)."""
+
+    def __init__(self, num_envs: int, gamma: float):
+        self.gamma = gamma
+        self.returns = np.zeros(num_envs)
+        self.count, self.mean, self.var = 1e-4, 0.0, 1.0
+
+    def __call__(self, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
+        self.returns = self.returns * self.gamma + rewards
+        batch_mean, batch_var, n = self.returns.mean(), self.returns.var(), len(self.returns)
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+        self.returns[done] = 0.0
+        return rewards / math.sqrt(self.var + 1e-8)
+
+    def state(self) -> dict:
+        return {"returns": self.returns.tolist(), "count": self.count, "mean": self.mean, "var": self.var}
+
+    def load(self, state: dict) -> None:
+        self.returns = np.asarray(state["returns"], dtype=np.float64)
+        self.count, self.mean, self.var = state["count"], state["mean"], state["var"]
