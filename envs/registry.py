@@ -42,8 +42,8 @@ TASKS: dict[str, TaskSpec] = {
     for spec in [
         TaskSpec("Hopper-v5", 11, 3, 1000, random_score=16.7, expert_score=3154.8, short_name="hopper"),
         TaskSpec("Walker2d-v5", 17, 6, 1000, random_score=1.8, expert_score=3504.4, short_name="walker2d"),
-        TaskSpec("HalfCheetah-v5", 17, 6, 1000, random_score=-277.9, expert_score=None, short_name="halfcheetah"),
-        TaskSpec("Ant-v5", 105, 8, 1000, random_score=-67.5, expert_score=None, short_name="ant"),
+        TaskSpec("HalfCheetah-v5", 17, 6, 1000, random_score=-277.9, expert_score=5905.6, short_name="halfcheetah"),
+        TaskSpec("Ant-v5", 105, 8, 1000, random_score=-67.5, expert_score=854.4, short_name="ant"),
         TaskSpec("Humanoid-v5", 348, 17, 1000, random_score=112.6, expert_score=None, short_name="humanoid"),
     ]
 }
