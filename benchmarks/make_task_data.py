@@ -139,7 +139,10 @@ def write_card(task: str, spec, r: dict) -> None:
     if expert_info.get("note"):
         lines.insert(lines.index("## Datasets"), f"Expert note: {expert_info['note']}.\n")
     lines += [c for c in r["commands"].values()]
-    lines += [f"python benchmarks/make_task_data.py --task {task}   # all of the above + this card", "```", "",
+    episodes = r["medium_dataset"]["episodes"]
+    options = f" --episodes {episodes}" if episodes != 50 else ""
+    lines += [f"python benchmarks/make_task_data.py --task {task}{options} torch_threads=1"
+              "   # all of the above + this card", "```", "",
               "Wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["wall_s"].items()), ""]
     Path("data/cards").mkdir(parents=True, exist_ok=True)
     Path(f"data/cards/{task}.md").write_text("\n".join(lines))

@@ -168,9 +168,6 @@ def test_non_finite_guard_stops_and_keeps_a_loadable_checkpoint(reach_policy, tm
     assert meta["iteration"] == 2 and all(torch.isfinite(p).all() for p in policy.parameters())
 
 
-NOT_YET_SHIPPED = {"HalfCheetah-v5", "Ant-v5"}  # configs written, BC checkpoints not yet in data/policies
-
-
 def test_shipped_finetune_configs_are_valid():
     from pathlib import Path
 
@@ -184,7 +181,7 @@ def test_shipped_finetune_configs_are_valid():
         cfg = load_config(FinetuneConfig, path)
         assert cfg.algorithm == path.stem, path
         shipped = cfg.policy.startswith("data/")  # DDPO starts from a diffusion BC the user pretrains
-        assert not shipped or Path(cfg.policy).is_dir() or cfg.env_id in NOT_YET_SHIPPED, path
+        assert not shipped or Path(cfg.policy).is_dir(), path
         algo = from_dict(ALGORITHMS[cfg.algorithm][0], cfg.algo, prefix="algo")
         if cfg.algorithm == "reinflow":
             assert algo.logprob_reduction == "mean"
