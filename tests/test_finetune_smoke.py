@@ -30,3 +30,13 @@ def test_hopper_smoke_run_writes_a_loadable_policy(name, tmp_path):
     assert summary["algorithm"] == algorithm and np.isfinite(summary["final_return"])
     agent = load_agent(tmp_path / "policy")
     assert agent.act(np.zeros(11, np.float32)).shape == (3,)
+
+
+@pytest.mark.parametrize("task,obs_dim,action_dim", [("halfcheetah", 17, 6), ("ant", 105, 8), ("walker2d", 17, 6)])
+def test_every_shipped_task_fine_tunes_from_its_shipped_policy(task, obs_dim, action_dim, tmp_path):
+    cfg = load_config(FinetuneConfig, f"configs/{task}/reinflow.yaml",
+                      ["algo.num_envs=2", "algo.num_steps=8", "algo.minibatch_size=8", "runner.total_env_steps=64",
+                       f"out={tmp_path}", "runner.eval_episodes=1", "runner.progress=false"])
+    summary = finetune(cfg)
+    assert np.isfinite(summary["final_return"]) and summary["initial_normalized_score"] is not None
+    assert load_agent(tmp_path / "policy").act(np.zeros(obs_dim, np.float32)).shape == (action_dim,)
