@@ -27,9 +27,15 @@ where ε̂ = x_0 whatever v is (there the flow keeps its pretrained velocity).
   a deterministic Euler flow far past it (α = 1) or to divergence (α ≥ 3): the target −α∇Q(x_t) is not
   the ε of any path from N(0, I), and only the flow's Euler integration follows it literally.
   ``denoised`` works for both kinds and is the default.
-- ``noise_scaled_target`` — multiply the target by the noise level c_t = σ_t (sqrt(1 − ᾱ) or 1 − t), so
-  the *score* target is α∇Q at every level (π_t ∝ exp(α·Q) at every t) instead of QSM's ε target
-  (c_t = 1, a score of α∇Q/σ_t that grows as the noise shrinks).
+- ``target_scale`` — c_t in the shift −α·c_t·∇Q: ``none`` (the paper: an ε target −α∇Q at every level,
+  i.e. a score α∇Q/σ_t), ``noise`` (c_t = σ_t: a score target α∇Q at every level, π_t ∝ exp(α·Q)) or
+  ``snr`` (c_t = s_t/σ_t: the data estimate â moves by exactly α∇Q at every level, since δâ = −(σ/s)·δε̂).
+- ``anchor`` — what the shift is added to: nothing (``none``, the paper: its fixed point ε̂ = −α·c_t·∇Q
+  ignores the data, which from a BC start first erases BC), the noise ε that made x_t (``replay``: the
+  replay's own denoising target), or the frozen ``reference`` policy's ε̂(x_t), copied from the policy
+  every ``reference_update_every`` iterations — each period one mirror-descent step that moves the
+  reference's denoised action by α∇Q. Our default is ``reference`` + ``snr`` + ``denoised``; the measured
+  reasons (bandit sweep, Hopper trials) are in docs/qsm.md.
 
 Critic: TD3-style twin Q with Polyak targets; the target action is the full deterministic sampler at s'
 plus clipped Gaussian smoothing noise; the bootstrap is masked only on true termination (a truncated
