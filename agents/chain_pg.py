@@ -15,7 +15,10 @@ episode (up to ``max_decisions``), sampling each chunk with the method's sampler
 per-step Gaussian log-probs. There is no critic: an episode's return R becomes the advantage
 ``(R − mean)/(std + 1e-4)`` over its group (``advantages: group``, GRPO and DDPO's per-prompt
 normalization) or over the whole batch (``batch``), clipped to ±``adv_clip`` and broadcast to every
-decision of the episode. The PPO loss clips *per-denoising-step* ratios (each step's log-prob a
+decision of the episode. ``advantages: gae`` replaces them with per-decision GAE from a learned value
+V(s) (the one :func:`agents.buffers.compute_gae`: an episode cut at ``max_decisions`` bootstraps from V of
+where it stopped, a terminated one does not), normalized over the batch; the critic regresses the
+λ-returns in the same minibatches. The PPO loss clips *per-denoising-step* ratios (each step's log-prob a
 per-dimension mean) and averages over the trained steps; an optional KL to the frozen pretrained policy
 adds ``β·‖μ_θ − μ_ref‖²/(2σ²)`` per step (exact for two Gaussians with the same σ). Deterministic steps
 (σ = 0: CPS's and DDIM's last step) never enter a loss; ``train_steps`` restricts it to a window.
@@ -32,19 +35,21 @@ slowest member finishes; those steps are neither stored nor counted.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from agents.ppo import check_ratio_is_one, clipped_surrogate
+from agents.buffers import compute_gae
+from agents.critics import ValueNet
+from agents.ppo import RunningReturnScale, check_ratio_is_one, clipped_surrogate
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
 
 FLOW_SAMPLERS, DIFFUSION_SAMPLERS = ("flow_sde", "cps"), ("ddim",)
-ESTIMATORS, ADVANTAGES = ("ppo", "reinforce"), ("group", "batch")
+ESTIMATORS, ADVANTAGES = ("ppo", "reinforce"), ("group", "batch", "gae")
 
 
 @dataclass
@@ -53,7 +58,7 @@ class GRPOConfig:
     a: float = 0.7  # flow_sde noise scale
     eta: float = 0.8  # cps noise angle; DDIM's η for ddim
     estimator: str = "ppo"  # ppo (clipped per-step ratios) | reinforce (DDPO_SF: one step per batch)
-    advantages: str = "group"  # group | batch
+    advantages: str = "group"  # group | batch (episode return, normalized) | gae (per decision, learned critic)
     K: int | None = None  # denoising steps in rollouts and the loss (default: the policy's)
     group_size: int = 8
     num_groups: int = 2
@@ -67,6 +72,12 @@ class GRPOConfig:
     actor_lr: float = 1e-4
     max_grad_norm: float = 1.0
     ratio_check_tol: float = 1e-5
+    # advantages: gae only
+    gamma: float = 0.99  # per decision
+    gae_lambda: float = 0.95
+    critic_lr: float = 1e-3
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    normalize_rewards: bool = True  # divide rewards by the running std of the discounted return
 
 
 @dataclass
@@ -143,6 +154,12 @@ class ChainPGLearner:
         if config.kl_coef > 0:
             self.reference = copy.deepcopy(reference or policy).to(self.device).eval().requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.critic = self.critic_opt = self.reward_scale = None
+        if config.advantages == "gae":
+            self.critic = ValueNet(pc.cond_dim, list(config.critic_hidden)).to(self.device)
+            self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+            if config.normalize_rewards:
+                self.reward_scale = RunningReturnScale(config.group_size * config.num_groups, config.gamma)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.num_envs = config.group_size * config.num_groups
         self.envs = VecEnv(env_id, self.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
@@ -154,16 +171,20 @@ class ChainPGLearner:
         return self.policy
 
     def training_state(self):
-        modules = {"policy": self.policy}
+        modules, optimizers = {"policy": self.policy}, {"actor": self.actor_opt}
         if self.reference is not None:
             modules["reference"] = self.reference
-        return modules, {"actor": self.actor_opt}, {"learner": self.generator}, {}
+        if self.critic is not None:
+            modules["critic"], optimizers["critic"] = self.critic, self.critic_opt
+        extra = {"reward_scale": self.reward_scale.state()} if self.reward_scale else {}
+        return modules, optimizers, {"learner": self.generator}, extra
 
     def training_arrays(self) -> dict:
         return {}
 
     def load_extra(self, extra: dict, arrays: dict) -> None:
-        pass
+        if self.reward_scale and extra.get("reward_scale"):
+            self.reward_scale.load(extra["reward_scale"])
 
     # -- rollout -----------------------------------------------------------------------------------
     def group_seeds(self, iteration: int) -> list[int]:
@@ -179,7 +200,10 @@ class ChainPGLearner:
         returns = np.zeros(self.num_envs)
         lengths = np.zeros(self.num_envs, dtype=np.int64)
         conds, chains, log_probs, owners = [], [], [], []
-        for _ in range(self.cfg.max_decisions):
+        steps: dict[str, list] = {"cond": [], "reward": [], "terminated": [], "truncated": [], "next_cond": []}
+        if self.reward_scale:
+            self.reward_scale.returns[:] = 0.0  # every episode starts at this iteration
+        for t in range(self.cfg.max_decisions):
             cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
             chain = self.policy.sample(cond, self.sampler, self.K, self.generator)
             out = self.envs.step(self.policy.env_actions(chain.actions)[:, :act_steps].cpu().numpy())
@@ -190,18 +214,51 @@ class ChainPGLearner:
             owners.append(rows)
             returns[active] += out.reward[active]
             lengths[active] += out.env_steps[active]
+            if self.critic is not None:  # [N] per step; rows of finished episodes are dropped after GAE
+                ended = out.terminated | out.truncated
+                steps["cond"].append(cond)
+                steps["reward"].append(self.reward_scale(out.reward, ended) if self.reward_scale else out.reward)
+                steps["terminated"].append(out.terminated)
+                steps["truncated"].append(out.truncated | (t == self.cfg.max_decisions - 1))
+                steps["next_cond"].append(self.policy.condition(
+                    torch.as_tensor(out.final_obs, dtype=torch.float32, device=self.device)))
             active &= ~(out.terminated | out.truncated)
             obs = out.obs
             if not active.any():
                 break
         owner = torch.cat(owners)
-        group = self.cfg.group_size if self.cfg.advantages == "group" else self.num_envs
-        advantages = group_advantages(torch.as_tensor(returns, dtype=torch.float32, device=self.device), group,
-                                      self.cfg.adv_clip)
-        self.batch = {"cond": torch.cat(conds), "chains": torch.cat(chains), "log_probs": torch.cat(log_probs),
-                      "advantages": advantages[owner]}
+        self.batch = {"cond": torch.cat(conds), "chains": torch.cat(chains), "log_probs": torch.cat(log_probs)}
+        if self.critic is not None:
+            self.batch["advantages"], self.batch["returns"] = self._gae(steps, owners)
+        else:
+            group = self.cfg.group_size if self.cfg.advantages == "group" else self.num_envs
+            advantages = group_advantages(torch.as_tensor(returns, dtype=torch.float32, device=self.device), group,
+                                          self.cfg.adv_clip)
+            self.batch["advantages"] = advantages[owner]
         return {"env_steps": int(lengths.sum()), "episode_returns": returns.tolist(),
                 "episode_lengths": lengths.tolist()}
+
+    def _gae(self, steps: dict[str, list], owners: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-decision GAE advantages (batch-normalized, clipped) and λ-returns, in the batch's row order:
+        computed on the full [T, N] grid, then the rows of each step's still-active envs are kept (the trace
+        is cut at every episode end, so the steps an env takes after its episode never leak in)."""
+        cond, next_cond = torch.stack(steps["cond"]), torch.stack(steps["next_cond"])
+        as_tensor = lambda key: torch.as_tensor(np.stack(steps[key]), dtype=torch.float32, device=self.device)  # noqa: E731
+        values, next_values = self.critic(cond), self.critic(next_cond)
+        advantages, lambda_returns = compute_gae(as_tensor("reward"), values, next_values, as_tensor("terminated"),
+                                                 as_tensor("truncated"), self.cfg.gamma, self.cfg.gae_lambda)
+        advantages = torch.cat([advantages[t, rows] for t, rows in enumerate(owners)])
+        lambda_returns = torch.cat([lambda_returns[t, rows] for t, rows in enumerate(owners)])
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        return advantages.clamp(-self.cfg.adv_clip, self.cfg.adv_clip), lambda_returns
+
+    def _critic_step(self, idx: torch.Tensor) -> float:
+        value_loss = 0.5 * (self.critic(self.batch["cond"][idx]) - self.batch["returns"][idx]).square().mean()
+        self.critic_opt.zero_grad(set_to_none=True)
+        value_loss.backward()
+        nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.max_grad_norm)
+        self.critic_opt.step()
+        return value_loss.item()
 
     # -- update ------------------------------------------------------------------------------------
     def update(self, iteration: int) -> dict:
@@ -227,11 +284,16 @@ class ChainPGLearner:
             total += loss.item()
         nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
         self.actor_opt.step()
-        return {"losses/policy_loss": total, "charts/decisions": float(n)}
+        out = {"losses/policy_loss": total, "charts/decisions": float(n)}
+        if self.critic is not None:  # the critic takes its minibatch steps on the same fresh batch
+            order = torch.randperm(n, generator=self.generator, device=self.generator.device).to(self.device)
+            out["losses/value_loss"] = float(np.mean([self._critic_step(order[start:start + c.minibatch_size])
+                                                      for start in range(0, n, c.minibatch_size)]))
+        return out
 
     def _ppo_update(self, iteration: int) -> dict:
         c = self.cfg
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "kl", "approx_kl", "clipfrac",
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "kl", "approx_kl", "clipfrac",
                                                          "logprob_max_dev")}
         model_fn = self.policy.model.model_fn(self.K)
         n = self.batch["cond"].shape[0]
@@ -271,6 +333,8 @@ class ChainPGLearner:
                     stats["approx_kl"].append(((ratio - 1) - log_ratio).mean().item())
                     stats["clipfrac"].append(((ratio - 1).abs() > c.clip_range).float().mean().item())
                 stats["policy_loss"].append(policy_loss.item())
+                if self.critic is not None:
+                    stats["value_loss"].append(self._critic_step(idx))
         out = {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v and k != "clipfrac"}
         out["charts/clipfrac"] = float(np.mean(stats["clipfrac"]))
         out["charts/decisions"] = float(n)

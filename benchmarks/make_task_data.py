@@ -6,7 +6,7 @@ Runs, timing each step (skipping what already exists):
 1. ``flowpolicy collect --quality medium`` → data/datasets/flowpolicy/<task>-medium-v0 (shipped) and
    ``--quality expert`` → runs/datasets/… (measured, not shipped: too large);
 2. ``flowpolicy pretrain`` of a flow (K = 4), a shortcut (K = 1) and a diffusion (DDIM, K = 10) policy;
-   the flow policy is copied to data/policies/<task>-flow-bc (shipped);
+   the ``--ship`` variants (default: flow) are copied to data/policies/<task>-<variant>-bc (shipped);
 3. ``flowpolicy evaluate --json`` of each (10 episodes);
 then writes docs/results/data_<task>.json and the data card data/cards/<task>.md.
 The expert must exist in data/experts/<env_id> (``python -m pretrain.expert``; collect trains one if not).
@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50, help="medium-dataset episodes")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--variants", nargs="+", default=list(BC_VARIANTS))
+    parser.add_argument("--ship", nargs="+", default=["flow"], choices=list(BC_VARIANTS),
+                        help="BC variants copied to data/policies/<task>-<variant>-bc")
     parser.add_argument("bc_overrides", nargs="*", help="extra overrides for every pretrain run")
     args = parser.parse_args()
     spec = next(s for s in TASKS.values() if s.short_name == args.task)
@@ -83,11 +85,11 @@ def main() -> None:
         results["commands"][f"pretrain_{variant}"] = " ".join(["flowpolicy", *command[3:]])
         if not (out / "summary.json").exists():
             _, results["wall_s"][f"pretrain_{variant}"] = run(command)
-        if variant == "flow":
-            shipped = Path("data/policies") / f"{args.task}-flow-bc"
+        if variant in args.ship:
+            shipped = Path("data/policies") / f"{args.task}-{variant}-bc"
             shutil.rmtree(shipped, ignore_errors=True)
             shutil.copytree(out / "policy", shipped)
-            results["shipped_policy"] = str(shipped)
+            results.setdefault("shipped_policies", {})[variant] = str(shipped)
         stdout, _ = run([*fp, "evaluate", "--checkpoint", str(out / "policy"), "--episodes",
                          str(args.eval_episodes), "--json"])
         results[f"bc_{variant}"] = {"label": label, **json.loads(stdout)}
@@ -133,7 +135,9 @@ def write_card(task: str, spec, r: dict) -> None:
             lines.append(f"| {b['label']} | {ret} | {score(b['return_mean'])} |")
     expert_info = json.loads((Path("data/experts") / spec.env_id / "expert.json").read_text())
     budget = expert_info.get("config", {}).get("total_steps", 300_000)
-    lines += ["", f"The shipped checkpoint is `{r.get('shipped_policy')}` (flow, K = 4, chunk 4).", "",
+    shipped = r.get("shipped_policies") or {"flow": r.get("shipped_policy")}
+    lines += ["", "Shipped checkpoints (chunk 4): " + ", ".join(
+        f"`{path}` ({BC_VARIANTS[variant][1]})" for variant, path in shipped.items()) + ".", "",
               "## Commands", "", "```bash", f"python -m pretrain.expert --env {spec.env_id} --out "
               f"data/experts/{spec.env_id} --steps {budget}"]
     if expert_info.get("note"):
@@ -141,7 +145,9 @@ def write_card(task: str, spec, r: dict) -> None:
     lines += [c for c in r["commands"].values()]
     episodes = r["medium_dataset"]["episodes"]
     options = f" --episodes {episodes}" if episodes != 50 else ""
-    lines += [f"python benchmarks/make_task_data.py --task {task}{options} torch_threads=1"
+    if list(shipped) != ["flow"]:
+        options += " --ship " + " ".join(shipped)
+    lines += [f"python benchmarks/make_task_data.py --task {task} torch_threads=1{options}"
               "   # all of the above + this card", "```", "",
               "Wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["wall_s"].items()), ""]
     Path("data/cards").mkdir(parents=True, exist_ok=True)

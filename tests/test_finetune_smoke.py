@@ -1,4 +1,5 @@
-"""Short runs of the newer learners from the shipped Hopper configs: the pipeline writes a loadable policy."""
+"""Short runs of the newer learners from the shipped Hopper configs (the flow BC policy, and the diffusion BC
+policy for DDPO): the pipeline writes a loadable policy."""
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ SMOKE = {
                       "algo.batch_size=32"],
     "grpo": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=64"],
     "cps": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=64"],
+    "ddpo_is": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=64"],
+    "ddpo_sf-gae": ["algo.advantages=gae", "algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8",
+                    "runner.total_env_steps=64"],
     "fpo": ["algo.num_envs=2", "algo.num_steps=8", "algo.minibatch_size=8", "algo.critic_warmup_iterations=0",
             "runner.total_env_steps=64"],
     "cfgrl-online": ["algo.mode=online", "algo.num_envs=2", "algo.num_steps=8", "algo.critic_pretrain_steps=20",
