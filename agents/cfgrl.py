@@ -19,7 +19,11 @@ trains, then both train together; labels always come from the current critic.
 ``guidance``, optional exploration noise) into a replay seeded with the demonstrations, then runs
 ``updates_per_decision`` gradient steps per collected decision on the critic and the conditional flow.
 Relabelling is implicit: every batch is labelled by the critic of that moment, so old data are relabelled
-as the critic improves.
+as the critic improves. Two options keep the conditional model anchored while the replay fills with its own
+rollouts: ``demo_fraction`` draws that share of every batch from the demonstrations (kept apart from the
+online replay, RLPD-style symmetric sampling) instead of one replay seeded with them, and
+``rollout_guidance`` rolls out at a w other than the evaluated one (e.g. 1: the "better than V" policy
+itself, while evaluation and the saved policy use ``guidance``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class CFGRLConfig:
     updates_per_decision: float = 0.25
     exploration_noise: float = 0.0
     buffer_size: int = 250_000
+    demo_fraction: float = 0.0  # share of each batch from the demonstrations (0: one replay seeded with them)
+    rollout_guidance: float | None = None  # w for rollouts (None: ``guidance``)
     # shared
     batch_size: int = 256
     gamma: float = 0.99  # per decision
@@ -130,11 +136,18 @@ class CFGRLLearner:
         self.v_opt = torch.optim.Adam(self.critic.v.parameters(), lr=config.critic_lr)
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        if not 0.0 <= config.demo_fraction < 1.0:
+            raise ValueError(f"demo_fraction must lie in [0, 1), got {config.demo_fraction}")
+        self.online = config.mode == "online"
         demos = demonstration_transitions(self.policy, config.dataset, config.reward_scale)
         capacity = len(demos["cond"]) if config.mode == "offline" else max(config.buffer_size, len(demos["cond"]))
         self.replay = ReplayBuffer(capacity, pc.cond_dim, pc.chunk_dim, self.device)
-        self.replay.add(**demos)
-        self.online = config.mode == "online"
+        self.demos = None  # a separate demonstration buffer when batches mix it in at a fixed share
+        if self.online and config.demo_fraction > 0:
+            self.demos = ReplayBuffer(len(demos["cond"]), pc.cond_dim, pc.chunk_dim, self.device)
+            self.demos.add(**demos)
+        else:
+            self.replay.add(**demos)
         self.envs = VecEnv(env_id, config.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps) \
             if self.online else None
         self.sampler = self.policy.make_sampler(K=self.K)
@@ -161,10 +174,26 @@ class CFGRLLearner:
     def collect(self, iteration: int) -> dict:
         if not self.online:
             return {"env_steps": 0}
-        return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, self.cfg.num_steps,
-                                   seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs,
-                                   exploration_noise=self.cfg.exploration_noise,
-                                   reward_scale=self.cfg.reward_scale, generator=self.generator)
+        c = self.cfg
+        if c.rollout_guidance is not None:
+            self.policy.set_guidance(c.rollout_guidance)
+        try:
+            return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, c.num_steps,
+                                       seed=self.seed * 1_000_003 + iteration * c.num_envs,
+                                       exploration_noise=c.exploration_noise, reward_scale=c.reward_scale,
+                                       generator=self.generator)
+        finally:
+            self.policy.set_guidance(c.guidance)
+
+    def sample_batch(self) -> dict[str, torch.Tensor]:
+        """A replay batch; with ``demo_fraction`` > 0, that share comes from the demonstrations."""
+        c = self.cfg
+        if self.demos is None:
+            return self.replay.sample(c.batch_size, self.generator)
+        n_demo = int(round(c.demo_fraction * c.batch_size))
+        demo, online = self.demos.sample(n_demo, self.generator), self.replay.sample(c.batch_size - n_demo,
+                                                                                      self.generator)
+        return {k: torch.cat([demo[k], online[k]]) for k in demo}
 
     # -- update ------------------------------------------------------------------------------------
     def labels(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -189,13 +218,13 @@ class CFGRLLearner:
         stats: dict[str, list[float]] = {"value_loss": [], "q_loss": [], "actor_loss": [], "good_fraction": []}
         if iteration == 0:
             for _ in range(c.critic_pretrain_steps):
-                self._critic_step(self.replay.sample(c.batch_size, self.generator))
+                self._critic_step(self.sample_batch())
         if self.online:
             n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.num_steps)))
         else:
             n_updates = c.updates_per_iteration
         for _ in range(n_updates):
-            batch = self.replay.sample(c.batch_size, self.generator)
+            batch = self.sample_batch()
             value_loss, q_loss = self._critic_step(batch)
             labels = self.labels(batch["cond"], batch["actions"])
             actor_loss = self.policy.model.bc_loss(batch["cond"], batch["actions"], self.generator, labels=labels)

@@ -212,8 +212,35 @@ def test_online_cfgrl_collects_into_the_replay_and_resumes_exactly(reach_bc_poli
     assert agent.act(np.zeros(2, np.float32)).shape == (2,)
 
 
+def test_online_demo_fraction_and_rollout_guidance(reach_bc_policy, reach_demos, tmp_path, monkeypatch):
+    cfg = cfgrl_config(reach_bc_policy, tmp_path, reach_demos, mode="online", num_envs=4, num_steps=8,
+                       demo_fraction=0.25, rollout_guidance=1.0)
+    learner = CFGRLLearner(load_policy(reach_bc_policy)[0], "ReachTest-v0", from_dict(CFGRLConfig, cfg.algo), 4)
+    seen_w = []
+    sample = learner.policy.sample
+    monkeypatch.setattr(learner.policy, "sample", lambda *a, **k: (seen_w.append(learner.policy.model.guidance),
+                                                                   sample(*a, **k))[1])
+    learner.collect(0)
+    assert set(seen_w) == {1.0} and learner.policy.config.guidance == 2.0  # rolled out at 1, restored to 2
+    assert len(learner.replay) == 32 and len(learner.demos) == 320  # the online replay holds rollouts only
+    learner.demos.rewards[:] = 123.0  # a marker no rollout reward (≤ 0) can take
+    batch = learner.sample_batch()
+    assert batch["cond"].shape[0] == 128 and (batch["rewards"] == 123.0).sum() == 32  # a quarter from the demos
+    learner.envs.close()
+
+    def config(out):
+        return cfgrl_config(reach_bc_policy, out, reach_demos, mode="online", num_envs=4, num_steps=32,
+                            critic_pretrain_steps=100, demo_fraction=0.5, rollout_guidance=1.0)
+
+    full, resumed = full_and_resumed_runs(config, CFGRLLearner, tmp_path, monkeypatch, crash_at=3)
+    assert resumed["final_return"] == full["final_return"] and resumed["env_steps"] == full["env_steps"]
+
+
 def test_cfgrl_config_errors_are_clear(reach_bc_policy, tmp_path):
     with pytest.raises(ValueError, match="mode must be one of"):
         CFGRLLearner(load_policy(reach_bc_policy)[0], "ReachTest-v0", CFGRLConfig(mode="batch", dataset="x"), 1)
     with pytest.raises(ValueError, match="needs algo.dataset"):
         CFGRLLearner(load_policy(reach_bc_policy)[0], "ReachTest-v0", CFGRLConfig(), 1)
+    with pytest.raises(ValueError, match="demo_fraction must lie in"):
+        CFGRLLearner(load_policy(reach_bc_policy)[0], "ReachTest-v0",
+                     CFGRLConfig(mode="online", dataset="x", demo_fraction=1.0), 1)
