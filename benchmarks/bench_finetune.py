@@ -6,7 +6,10 @@
 Runs ``flowpolicy finetune`` once per seed up to the largest budget (runs/bench/<name>/seed<S>), reads the
 periodic deterministic evaluations from TensorBoard, and writes docs/results/<name>.json (score and wall
 time at each budget: the last evaluation at or before it) and docs/results/<name>.png (curves).
-Existing finished runs are reused, so an interrupted benchmark can be re-run.
+Existing finished runs are reused and unfinished ones resume from their last checkpoint, so an interrupted
+benchmark can be re-run. ``--report-only`` trains nothing: it reports the runs as they stand (a budget a
+run has not reached yet reports its latest evaluation, and docs/results/<name>.json records each run's
+``last_env_steps`` so the table of every method can mark such budgets as not reached).
 """
 
 from __future__ import annotations
@@ -50,19 +53,25 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[500_000, 1_000_000, 2_000_000])
     parser.add_argument("--name", required=True)
     parser.add_argument("--runs", default="runs/bench")
+    parser.add_argument("--report-only", action="store_true", help="train nothing; report the runs as they stand")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
     curves = {}
     for seed in args.seeds:
         run_dir = Path(args.runs) / args.name / f"seed{seed}"
-        if not (run_dir / "summary.json").exists():
+        if args.report_only:
+            if not run_dir.exists():
+                print(f"seed {seed}: no run in {run_dir}, skipped")
+                continue
+        elif not (run_dir / "summary.json").exists():
             overrides = [*args.overrides, f"seed={seed}", f"out={run_dir}",
                          f"runner.total_env_steps={max(args.budgets)}"]
             resume = (run_dir / "checkpoints" / "last" / "training_state.json").exists()
             cfg = load_config(FinetuneConfig, args.config, overrides)
             finetune(cfg, resume=resume)
         curves[seed] = eval_curve(run_dir)
+        curves[seed]["finished"] = (run_dir / "summary.json").exists()
 
     key = "normalized_score" if all("normalized_score" in c for c in curves.values()) else "return"
     table = []
@@ -71,10 +80,13 @@ def main() -> None:
         scores, walls = np.array([v[0] for v in values]), np.array([v[1] for v in values])
         table.append({"env_steps": budget, f"{key}_mean": float(scores.mean()), f"{key}_std": float(scores.std()),
                       f"{key}_per_seed": scores.tolist(), "wall_s_mean": float(walls.mean())})
+        reached = sum(c["steps"][-1] >= budget * 0.9 for c in curves.values())
+        table[-1]["seeds_reaching"] = int(reached)
         print(f"{budget:>9,} env steps: {key} {scores.mean():7.1f} ± {scores.std():5.1f}  "
-              f"(seeds {np.round(scores, 1).tolist()}), wall {walls.mean():6.0f} s")
+              f"(seeds {np.round(scores, 1).tolist()}), wall {walls.mean():6.0f} s"
+              + ("" if reached == len(curves) else f"  [only {reached}/{len(curves)} runs reached it]"))
     os.makedirs("docs/results", exist_ok=True)
-    result = {"config": args.config, "overrides": args.overrides, "seeds": args.seeds, "metric": key,
+    result = {"config": args.config, "overrides": args.overrides, "seeds": list(curves), "metric": key,
               "table": table, "curves": {str(s): c for s, c in curves.items()}}
     Path(f"docs/results/{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     try:

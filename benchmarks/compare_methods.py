@@ -4,7 +4,8 @@
 
 Reads ``docs/results/<method>_<task>*.json`` written by ``benchmarks/bench_finetune.py`` (learning curves
 per seed) and reports, for each method and budget, the mean ± std over seeds of the normalized score of
-the last deterministic evaluation at or before the budget ("—" where a run did not reach it). Writes
+the last deterministic evaluation at or before the budget ("—" where a run did not reach it), and the mean
+wall time to the largest budget every seed reached (runs share a 2-core machine: see each method's page). Writes
 docs/results/methods_<task>.md and a combined plot docs/results/methods_<task>.png.
 """
 
@@ -21,6 +22,11 @@ METHODS = {  # label: result-file stems, the longest run first (curves are merge
     "ReinFlow": ["reinflow_{task}_2m", "reinflow_{task}"],
     "QSM": ["qsm_{task}"],
     "CFGRL online": ["cfgrl_online_{task}"],
+    "Flow-GRPO": ["grpo_{task}"],
+    "Flow-CPS": ["cps_{task}"],
+    "DDPO_IS": ["ddpo_is_{task}"],
+    "DDPO_SF": ["ddpo_sf_{task}"],
+    "FPO": ["fpo_{task}"],
 }
 
 
@@ -29,7 +35,8 @@ def load_curves(stems: list[str], task: str) -> dict[str, dict]:
         path = RESULTS / f"{stem.format(task=task)}.json"
         if path.exists():
             data = json.loads(path.read_text())
-            return {seed: {"steps": c["steps"], "score": c[data["metric"]]} for seed, c in data["curves"].items()}
+            return {seed: {"steps": c["steps"], "score": c[data["metric"]], "wall_s": c["wall_s"]}
+                    for seed, c in data["curves"].items()}
     return {}
 
 
@@ -46,19 +53,25 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[100_000, 300_000, 500_000, 1_000_000, 2_000_000])
     args = parser.parse_args()
     header = "| method | seeds | BC start | " + " | ".join(f"{b / 1e6:g}M" if b >= 1e6 else f"{b // 1000}k"
-                                                         for b in args.budgets) + " |"
-    lines = [header, "|" + "---|" * (3 + len(args.budgets))]
+                                                         for b in args.budgets) + " | wall time |"
+    lines = [header, "|" + "---|" * (4 + len(args.budgets))]
     all_curves = {}
     for label, stems in METHODS.items():
         curves = load_curves(stems, args.task)
         if not curves:
             continue
         all_curves[label] = curves
-        cells = []
+        cells, wall = [], "—"
         for budget in [0, *args.budgets]:
             values = [v for v in (score_at(c, budget) if budget else c["score"][0] for c in curves.values())
                       if v is not None]
-            cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) == len(curves) else "—")
+            complete = len(values) == len(curves)
+            cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}" if complete else "—")
+            if budget and complete:
+                walls = [c["wall_s"][[i for i, s in enumerate(c["steps"]) if s <= budget][-1]] for c in curves.values()]
+                wall = f"{np.mean(walls):.0f} s to {budget / 1e6:g}M" if budget >= 1e6 else \
+                    f"{np.mean(walls):.0f} s to {budget // 1000}k"
+        cells.append(wall)
         lines.append(f"| {label} | {len(curves)} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
