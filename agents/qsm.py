@@ -37,6 +37,11 @@ where ε̂ = x_0 whatever v is (there the flow keeps its pretrained velocity).
   reference's denoised action by α∇Q. Our default is ``reference`` + ``snr`` + ``denoised``; the measured
   reasons (bandit sweep, Hopper trials) are in docs/qsm.md.
 
+- ``bc_coeff`` — an optional behavior-cloning term (the policy's own BC loss on a batch of demonstrations,
+  times ``bc_coeff``) added to the actor loss, as TD3+BC does: the reference anchor alone lets the
+  policy walk anywhere ∇Q points, one mirror step per reference period; the BC term keeps pulling it
+  toward the data, where the critic's action-gradient is not extrapolation (needs ``dataset``).
+
 Critic: TD3-style twin Q with Polyak targets; the target action is the full deterministic sampler at s'
 plus clipped Gaussian smoothing noise; the bootstrap is masked only on true termination (a truncated
 transition bootstraps from its true final observation). Exploration adds Gaussian noise to the
@@ -87,6 +92,7 @@ class QSMConfig:
     critic_activation: str = "silu"
     max_grad_norm: float = 10.0
     dataset: str | None = None  # seed the replay buffer with this demonstration dataset (Minari dir or .hdf5)
+    bc_coeff: float = 0.0  # weight of a BC loss on demonstration batches in the actor loss (needs dataset)
 
 
 GRAD_AT = ("noised", "denoised", "clean")
@@ -169,8 +175,15 @@ class QSMLearner:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.envs = VecEnv(env_id, config.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
         self.replay = ReplayBuffer(config.buffer_size, pc.cond_dim, pc.chunk_dim, self.device)
+        if config.bc_coeff and not config.dataset:
+            raise ValueError("bc_coeff > 0 needs algo.dataset (the demonstrations the BC term imitates)")
+        self.demos = None  # the demonstrations apart, for the BC term
         if config.dataset:
-            self.replay.add(**demonstration_transitions(self.policy, config.dataset, config.reward_scale))
+            demos = demonstration_transitions(self.policy, config.dataset, config.reward_scale)
+            self.replay.add(**demos)
+            if config.bc_coeff:
+                self.demos = ReplayBuffer(len(demos["cond"]), pc.cond_dim, pc.chunk_dim, self.device)
+                self.demos.add(**demos)
         self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
 
     # -- runner interface ---------------------------------------------------------------------------
@@ -218,7 +231,8 @@ class QSMLearner:
                                                                           c.actor_lr_min_fraction)
         n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.num_steps)))
         actor_active = iteration >= c.critic_warmup_iterations
-        stats: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "q": [], "q_grad_norm": []}
+        stats: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "bc_loss": [], "q": [],
+                                         "q_grad_norm": []}
         for _ in range(n_updates):
             batch = self.replay.sample(c.batch_size, self.generator)
             target = self.critic_targets(batch)
@@ -237,11 +251,16 @@ class QSMLearner:
                     self.policy, self.q_mean, batch["cond"], batch["actions"], c.q_grad_coeff, c.grad_at,
                     c.target_scale, c.anchor, self.reference, self.generator)
                 self.critic.requires_grad_(True)
+                if self.demos is not None:
+                    demo = self.demos.sample(c.batch_size, self.generator)
+                    bc_loss = self.policy.bc_loss(demo["cond"], demo["actions"], self.generator)
+                    actor_loss = actor_loss + c.bc_coeff * bc_loss
+                    stats["bc_loss"].append(bc_loss.item())
                 self.actor_opt.zero_grad(set_to_none=True)
                 actor_loss.backward()
                 nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
                 self.actor_opt.step()
-                stats["actor_loss"].append(actor_loss.item())
+                stats["actor_loss"].append(actor_loss.item())  # the QSM term plus c.bc_coeff × bc_loss
                 stats["q_grad_norm"].append(grad_norm)
 
             polyak_update(self.critic, self.critic_target, c.tau)
@@ -249,7 +268,7 @@ class QSMLearner:
         if self.reference is not None and c.reference_update_every and actor_iterations > 0 \
                 and actor_iterations % c.reference_update_every == 0:
             self.reference.load_state_dict(self.policy.state_dict())  # the next improvement step starts here
-        out = {f"losses/{k}": float(np.mean(stats[k])) for k in ("critic_loss", "actor_loss") if stats[k]}
+        out = {f"losses/{k}": float(np.mean(stats[k])) for k in ("critic_loss", "actor_loss", "bc_loss") if stats[k]}
         out["charts/q_mean"] = float(np.mean(stats["q"]))
         if stats["q_grad_norm"]:
             out["charts/q_grad_norm"] = float(np.mean(stats["q_grad_norm"]))

@@ -24,6 +24,7 @@ METHODS = {  # label: result-file stems, the longest run first (curves are merge
     "CFGRL online": ["cfgrl_online_{task}"],
     "Flow-GRPO": ["grpo_{task}"],
     "Flow-CPS": ["cps_{task}"],
+    "Flow-CPS η = 0.5": ["cps_eta05_{task}"],  # the noise-matched arm of the sampler comparison
     "DDPO_IS": ["ddpo_is_{task}"],
     "DDPO_SF": ["ddpo_sf_{task}"],
     "FPO": ["fpo_{task}"],

@@ -35,8 +35,10 @@ def bandit_data(generator, n=256):
 
 
 def run_bandit(kind: str, anchor: str, target_scale: str, alpha: float, grad_at: str = "denoised",
-               bc_steps: int = 600, qsm_steps: int = 600, refresh_every: int = 50, seed: int = 0) -> dict:
-    """BC then QSM on the bandit; returns the sampled mean's distance to a* before and after, and the std."""
+               bc_steps: int = 600, qsm_steps: int = 600, refresh_every: int = 50, seed: int = 0,
+               bc_coeff: float = 0.0) -> dict:
+    """BC then QSM on the bandit (plus ``bc_coeff`` × the BC loss on fresh data, as the learner's
+    ``bc_coeff``); returns the sampled mean's distance to a* before and after, and the std."""
     torch.manual_seed(seed)
     K = 4 if kind == "flow" else 10
     policy = Policy(PolicyConfig(kind=kind, obs_dim=1, action_dim=2, horizon=1, num_steps=K,
@@ -67,8 +69,11 @@ def run_bandit(kind: str, anchor: str, target_scale: str, alpha: float, grad_at:
                 x = policy.sample(cond, K=K, generator=gen).actions
             replay = torch.cat([replay, (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)])[-5000:]
         batch = replay[torch.randint(0, len(replay), (256,), generator=gen)]
-        step(qsm_actor_loss(policy, bandit_q, cond, batch, alpha=alpha, grad_at=grad_at, target_scale=target_scale,
-                            anchor=anchor, reference=reference, generator=gen)[0])
+        loss = qsm_actor_loss(policy, bandit_q, cond, batch, alpha=alpha, grad_at=grad_at, target_scale=target_scale,
+                              anchor=anchor, reference=reference, generator=gen)[0]
+        if bc_coeff:
+            loss = loss + bc_coeff * policy.bc_loss(cond, bandit_data(gen), generator=gen)
+        step(loss)
     x = samples()
     distance = (x.mean(0) - A_STAR).norm().item()
     return {"kind": kind, "anchor": anchor, "target_scale": target_scale, "grad_at": grad_at, "alpha": alpha,

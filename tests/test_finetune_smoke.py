@@ -11,6 +11,8 @@ from flowpolicy.config import load_config
 SMOKE = {
     "qsm": ["algo.num_envs=2", "algo.num_steps=8", "algo.critic_warmup_iterations=1", "algo.batch_size=32",
             "runner.total_env_steps=128"],
+    "qsm-bc": ["algo.bc_coeff=0.5", "algo.num_envs=2", "algo.num_steps=8", "algo.critic_warmup_iterations=0",
+               "algo.batch_size=32", "runner.total_env_steps=128"],
     "cfgrl-offline": ["algo.critic_pretrain_steps=20", "algo.offline_iterations=2", "algo.updates_per_iteration=10",
                       "algo.batch_size=32"],
     "grpo": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=64"],
