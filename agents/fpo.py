@@ -10,7 +10,9 @@ conditional flow-matching loss of the rollout policy,
 w = 1 (``velocity``) or τ² (``epsilon``: the same error measured on the implied noise prediction
 ε̂ = x − τ·v, which FPO found better). The ratio is ``exp(mean_i ℓ_old − mean_i ℓ_θ)`` — lower flow-matching
 loss on the taken action stands in for higher likelihood — or, per sample (``per_sample_ratio``, FPO++),
-``exp(ℓ_old,i − ℓ_θ,i)`` with the clipped objective averaged over the samples. PPO-clip uses a small ε
+``exp(ℓ_old,i − ℓ_θ,i)`` with the clipped objective averaged over the samples; FPO++'s other change,
+``negative_advantages: spo``, replaces the clip by SPO's quadratic penalty where A < 0
+(:func:`agents.ppo.asymmetric_surrogate`). PPO-clip uses a small ε
 (0.05; FPO reports 0.1 and 0.2 much worse); advantages come from GAE with a critic
 (:mod:`agents.buffers`: truncation bootstraps, termination does not). The recomputed losses use exactly
 the stored (τ, ε), so the ratio is 1 on the first minibatch of every update — asserted, as in ReinFlow.
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from agents.buffers import RolloutBuffer
-from agents.ppo import RunningReturnScale, check_ratio_is_one, clipped_surrogate
+from agents.ppo import RunningReturnScale, asymmetric_surrogate, check_ratio_is_one, clipped_surrogate
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.networks import MLP
@@ -41,6 +43,7 @@ class FPOConfig:
     n_mc: int = 8  # (τ, ε) pairs per decision
     loss_weighting: str = "epsilon"  # epsilon (τ²-weighted) | velocity
     per_sample_ratio: bool = False  # FPO++: one ratio per (τ, ε) pair
+    negative_advantages: str = "clip"  # clip (PPO) | spo (FPO++: SPO's penalty where A < 0, PPO-clip elsewhere)
     gamma: float = 0.99  # per decision
     gae_lambda: float = 0.95
     update_epochs: int = 5
@@ -81,6 +84,8 @@ class FPOLearner:
             raise ValueError(f"FPO fine-tunes flow policies; this policy is {policy.config.kind!r}")
         if config.loss_weighting not in ("epsilon", "velocity"):
             raise ValueError(f"loss_weighting must be 'epsilon' or 'velocity', got {config.loss_weighting!r}")
+        if config.negative_advantages not in ("clip", "spo"):
+            raise ValueError(f"negative_advantages must be 'clip' or 'spo', got {config.negative_advantages!r}")
         self.cfg, self.seed, self.device = config, seed, torch.device(device)
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
@@ -183,7 +188,8 @@ class FPOLearner:
                     first = False
                 ratio = log_ratio.exp()
                 adv = mb["advantages"][:, None]
-                policy_loss = clipped_surrogate(ratio, adv, c.clip_range)
+                surrogate = asymmetric_surrogate if c.negative_advantages == "spo" else clipped_surrogate
+                policy_loss = surrogate(ratio, adv, c.clip_range)
                 self.actor_opt.zero_grad(set_to_none=True)
                 policy_loss.backward()
                 nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)

@@ -28,6 +28,17 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_range:
     return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
 
 
+def asymmetric_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """PPO-clip where A ≥ 0 and, where A < 0, SPO's objective −(A·r − |A|/(2ε)·(r − 1)²) (FPO++'s
+    asymmetric trust region). Both have PPO's gradient at r = 1; outside [1 − ε, 1 + ε] the clip only
+    stops pushing, while SPO's penalty pulls r back toward its optimum 1 + ε·sign(A) — the restoring
+    force a likelihood surrogate needs when shared parameters keep moving a clipped sample further."""
+    advantages = advantages.expand_as(ratio)
+    clip = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+    spo = -(advantages * ratio - advantages.abs() / (2 * clip_range) * (ratio - 1).square())
+    return torch.where(advantages >= 0, clip, spo).mean()
+
+
 class RunningReturnScale:
     """Reward scaling by the running std of the per-env discounted return (as gymnasium's NormalizeReward)."""
 

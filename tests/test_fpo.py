@@ -79,3 +79,32 @@ def test_fpo_resume_reproduces_an_uninterrupted_run(reach_policy, tmp_path, monk
 
     full, resumed = full_and_resumed_runs(config, FPOLearner, tmp_path, monkeypatch)
     assert resumed["final_return"] == full["final_return"] and resumed["env_steps"] == full["env_steps"]
+
+
+def test_asymmetric_surrogate_is_ppo_at_ratio_one_and_pulls_negative_samples_back():
+    from agents.ppo import asymmetric_surrogate, clipped_surrogate
+
+    adv = torch.tensor([[2.0], [-2.0]])
+    for r0 in (1.0, 0.5):  # at r = 1 both give PPO's gradient; far below 1 − ε only SPO's is non-zero
+        grads = []
+        for surrogate in (clipped_surrogate, asymmetric_surrogate):
+            ratio = torch.full((2, 1), r0, requires_grad=True)
+            surrogate(ratio, adv, 0.1).backward()
+            grads.append(ratio.grad.clone())
+        if r0 == 1.0:
+            assert torch.allclose(grads[0], grads[1]) and torch.allclose(grads[0], -adv / 2)
+        else:
+            assert grads[0][1].item() == 0.0  # the clip has stopped pushing the A < 0 sample ...
+            # ... SPO pulls it back up: d/dr of −(A·r − |A|/(2ε)(r − 1)²) / 2 at r = 0.5, A = −2, ε = 0.1
+            assert grads[1][1].item() == pytest.approx((2.0 + 2.0 / 0.1 * (0.5 - 1.0)) / 2)
+            assert grads[1][1].item() < 0  # descending the loss raises r
+    # the optimum of SPO's objective for fixed A < 0 is r = 1 − ε
+    ratio = torch.linspace(0.5, 1.5, 1001)[:, None]
+    losses = [asymmetric_surrogate(r[None], torch.tensor([[-1.0]]), 0.1) for r in ratio]
+    assert ratio[int(torch.stack(losses).argmin())].item() == pytest.approx(0.9, abs=1e-3)
+
+
+def test_fpo_plus_plus_settings_improve_a_tiny_task(reach_policy, tmp_path):
+    summary = finetune(fpo_config(reach_policy, tmp_path, per_sample_ratio=True, negative_advantages="spo"))
+    # measured: −12.2 → −2.2
+    assert summary["initial_return"] < -5 and summary["final_return"] > 0.5 * summary["initial_return"], summary
