@@ -80,7 +80,7 @@ def main() -> None:
         scores, walls = np.array([v[0] for v in values]), np.array([v[1] for v in values])
         table.append({"env_steps": budget, f"{key}_mean": float(scores.mean()), f"{key}_std": float(scores.std()),
                       f"{key}_per_seed": scores.tolist(), "wall_s_mean": float(walls.mean())})
-        reached = sum(c["steps"][-1] >= budget * 0.9 for c in curves.values())
+        reached = sum(c["finished"] or c["steps"][-1] >= budget for c in curves.values())
         table[-1]["seeds_reaching"] = int(reached)
         print(f"{budget:>9,} env steps: {key} {scores.mean():7.1f} ± {scores.std():5.1f}  "
               f"(seeds {np.round(scores, 1).tolist()}), wall {walls.mean():6.0f} s"

@@ -36,14 +36,14 @@ def load_curves(stems: list[str], task: str) -> dict[str, dict]:
         path = RESULTS / f"{stem.format(task=task)}.json"
         if path.exists():
             data = json.loads(path.read_text())
-            return {seed: {"steps": c["steps"], "score": c[data["metric"]], "wall_s": c["wall_s"]}
-                    for seed, c in data["curves"].items()}
+            return {seed: {"steps": c["steps"], "score": c[data["metric"]], "wall_s": c["wall_s"],
+                           "finished": c.get("finished", True)} for seed, c in data["curves"].items()}
     return {}
 
 
 def score_at(curve: dict, budget: int) -> float | None:
-    if curve["steps"][-1] < budget * 0.9:  # the run ended well before this budget
-        return None
+    if curve["steps"][-1] < budget and not (curve["finished"] and curve["steps"][-1] >= budget * 0.9):
+        return None  # the run has not reached this budget (a finished run stops within an iteration of it)
     idx = [i for i, s in enumerate(curve["steps"]) if s <= budget]
     return curve["score"][idx[-1]] if idx else None
 
