@@ -20,7 +20,8 @@ import numpy as np
 RESULTS = Path("docs/results")
 METHODS = {  # label: result-file stems, the longest run first (curves are merged per seed)
     "ReinFlow": ["reinflow_{task}_2m", "reinflow_{task}"],
-    "QSM": ["qsm_{task}"],
+    "QSM (+ BC term, shipped config)": ["qsm_bc_{task}"],
+    "QSM, no BC term": ["qsm_{task}"],
     "CFGRL online": ["cfgrl_online_{task}"],
     "Flow-GRPO": ["grpo_{task}"],
     "Flow-CPS": ["cps_{task}"],
