@@ -43,7 +43,7 @@ from torch import nn
 
 from agents.buffers import compute_gae
 from agents.critics import ValueNet
-from agents.ppo import RunningReturnScale, check_ratio_is_one, clipped_surrogate
+from agents.ppo import RunningReturnScale, check_ratio_is_one, clipped_surrogate, value_regression_step
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
@@ -253,12 +253,8 @@ class ChainPGLearner:
         return advantages.clamp(-self.cfg.adv_clip, self.cfg.adv_clip), lambda_returns
 
     def _critic_step(self, idx: torch.Tensor) -> float:
-        value_loss = 0.5 * (self.critic(self.batch["cond"][idx]) - self.batch["returns"][idx]).square().mean()
-        self.critic_opt.zero_grad(set_to_none=True)
-        value_loss.backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.max_grad_norm)
-        self.critic_opt.step()
-        return value_loss.item()
+        return value_regression_step(self.critic, self.critic, self.critic_opt, self.batch["cond"][idx],
+                                     self.batch["returns"][idx], self.cfg.max_grad_norm)
 
     # -- update ------------------------------------------------------------------------------------
     def update(self, iteration: int) -> dict:

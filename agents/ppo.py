@@ -28,6 +28,18 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_range:
     return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
 
 
+def value_regression_step(value_fn, critic: torch.nn.Module, optimizer: torch.optim.Optimizer, cond: torch.Tensor,
+                          returns: torch.Tensor, max_grad_norm: float) -> float:
+    """One critic step of ½·(V(s) − return)² on a minibatch (``value_fn(cond)`` → [B]), gradient norm clipped.
+    Returns the loss."""
+    value_loss = 0.5 * (value_fn(cond) - returns).square().mean()
+    optimizer.zero_grad(set_to_none=True)
+    value_loss.backward()
+    torch.nn.utils.clip_grad_norm_(critic.parameters(), max_grad_norm)
+    optimizer.step()
+    return value_loss.item()
+
+
 def asymmetric_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
     """PPO-clip where A ≥ 0 and, where A < 0, SPO's objective −(A·r − |A|/(2ε)·(r − 1)²) (FPO++'s
     asymmetric trust region). Both have PPO's gradient at r = 1; outside [1 − ε, 1 + ε] the clip only

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from agents.buffers import RolloutBuffer
-from agents.ppo import RunningReturnScale, check_ratio_is_one, clipped_surrogate
+from agents.ppo import RunningReturnScale, check_ratio_is_one, clipped_surrogate, value_regression_step
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.networks import MLP
@@ -182,12 +182,8 @@ class ReinFlowLearner:
         self.buffer.advantages = (adv_all - adv_all.mean()) / (adv_all.std() + 1e-8)
         for _epoch in range(c.update_epochs):
             for mb in self.buffer.minibatches(c.minibatch_size, self.generator):
-                value_loss = 0.5 * (self.value(mb["cond"]) - mb["returns"]).square().mean()
-                self.critic_opt.zero_grad(set_to_none=True)
-                value_loss.backward()
-                nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
-                self.critic_opt.step()
-                stats["value_loss"].append(value_loss.item())
+                stats["value_loss"].append(value_regression_step(self.value, self.critic, self.critic_opt, mb["cond"],
+                                                                 mb["returns"], c.max_grad_norm))
                 if not actor_active:
                     continue
 
