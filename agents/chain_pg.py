@@ -43,7 +43,7 @@ from torch import nn
 
 from agents.buffers import compute_gae
 from agents.critics import ValueNet
-from agents.ppo import RunningReturnScale, check_ratio_is_one, clipped_surrogate, value_regression_step
+from agents.ppo import OnPolicyLearner, RunningReturnScale, check_ratio_is_one, clipped_surrogate, value_regression_step
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
@@ -112,7 +112,7 @@ def group_advantages(returns: torch.Tensor, group_size: int, clip: float = 5.0) 
     return adv.clamp(-clip, clip).reshape(-1)
 
 
-class ChainPGLearner:
+class ChainPGLearner(OnPolicyLearner):
     name = "chain_pg"
     runs_until_env_steps = True
 
@@ -167,24 +167,13 @@ class ChainPGLearner:
         self.batch: dict[str, torch.Tensor] = {}
 
     # -- runner interface ---------------------------------------------------------------------------
-    def eval_policy(self) -> Policy:
-        return self.policy
-
-    def training_state(self):
+    def trainable(self) -> tuple[dict, dict]:
         modules, optimizers = {"policy": self.policy}, {"actor": self.actor_opt}
         if self.reference is not None:
             modules["reference"] = self.reference
         if self.critic is not None:
             modules["critic"], optimizers["critic"] = self.critic, self.critic_opt
-        extra = {"reward_scale": self.reward_scale.state()} if self.reward_scale else {}
-        return modules, optimizers, {"learner": self.generator}, extra
-
-    def training_arrays(self) -> dict:
-        return {}
-
-    def load_extra(self, extra: dict, arrays: dict) -> None:
-        if self.reward_scale and extra.get("reward_scale"):
-            self.reward_scale.load(extra["reward_scale"])
+        return modules, optimizers
 
     # -- rollout -----------------------------------------------------------------------------------
     def group_seeds(self, iteration: int) -> list[int]:

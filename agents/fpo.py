@@ -29,6 +29,7 @@ from torch import nn
 
 from agents.buffers import RolloutBuffer
 from agents.ppo import (
+    OnPolicyLearner,
     RunningReturnScale,
     asymmetric_surrogate,
     check_ratio_is_one,
@@ -80,7 +81,7 @@ def cfm_losses(policy: Policy, cond: torch.Tensor, actions: torch.Tensor, taus: 
     return err * taus.square() if weighting == "epsilon" else err
 
 
-class FPOLearner:
+class FPOLearner(OnPolicyLearner):
     name = "fpo"
 
     def __init__(self, policy: Policy, env_id: str, config: FPOConfig, total_iterations: int, seed: int = 0,
@@ -110,21 +111,8 @@ class FPOLearner:
         self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
 
     # -- runner interface ---------------------------------------------------------------------------
-    def eval_policy(self) -> Policy:
-        return self.policy
-
-    def training_state(self):
-        modules = {"policy": self.policy, "critic": self.critic}
-        optimizers = {"actor": self.actor_opt, "critic": self.critic_opt}
-        extra = {"reward_scale": self.reward_scale.state() if self.reward_scale else None}
-        return modules, optimizers, {"learner": self.generator}, extra
-
-    def training_arrays(self) -> dict:
-        return {}
-
-    def load_extra(self, extra: dict, arrays: dict) -> None:
-        if self.reward_scale and extra.get("reward_scale"):
-            self.reward_scale.load(extra["reward_scale"])
+    def trainable(self) -> tuple[dict, dict]:
+        return {"policy": self.policy, "critic": self.critic}, {"actor": self.actor_opt, "critic": self.critic_opt}
 
     def value(self, cond: torch.Tensor) -> torch.Tensor:
         return self.critic(cond).squeeze(-1)

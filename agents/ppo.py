@@ -1,5 +1,6 @@
 """Pieces shared by the PPO-style learners (ReinFlow, FPO, DDPO_IS / Flow-GRPO / Flow-CPS): the clipped
-surrogate, the on-policy ratio check, and reward scaling by the running std of the discounted return."""
+surrogate, the on-policy ratio check, the critic's regression step, reward scaling by the running std of
+the discounted return, and :class:`OnPolicyLearner`, their common side of the runner interface."""
 
 from __future__ import annotations
 
@@ -75,3 +76,34 @@ class RunningReturnScale:
     def load(self, state: dict) -> None:
         self.returns = np.asarray(state["returns"], dtype=np.float64)
         self.count, self.mean, self.var = state["count"], state["mean"], state["var"]
+
+
+class OnPolicyLearner:
+    """The runner interface (agents.runner.Learner) as every on-policy learner implements it: the policy
+    being trained is the one evaluated and saved, the per-iteration rollout is not worth saving (nothing
+    variable-size), and the running reward scale, when there is one, travels in the training state so a
+    resumed run scales rewards exactly as an uninterrupted one. A subclass sets ``policy``,
+    ``reward_scale`` (or None) and ``generator`` and names its modules and optimizers."""
+
+    policy: torch.nn.Module
+    reward_scale: RunningReturnScale | None
+    generator: torch.Generator
+
+    def trainable(self) -> tuple[dict, dict]:
+        """``(modules, optimizers)`` by name: what a checkpoint saves besides the generator."""
+        raise NotImplementedError
+
+    def eval_policy(self):
+        return self.policy
+
+    def training_state(self):
+        modules, optimizers = self.trainable()
+        extra = {"reward_scale": self.reward_scale.state() if self.reward_scale else None}
+        return modules, optimizers, {"learner": self.generator}, extra
+
+    def training_arrays(self) -> dict:
+        return {}
+
+    def load_extra(self, extra: dict, arrays: dict) -> None:
+        if self.reward_scale and extra.get("reward_scale"):
+            self.reward_scale.load(extra["reward_scale"])

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from agents.buffers import RolloutBuffer
-from agents.ppo import RunningReturnScale, check_ratio_is_one, clipped_surrogate, value_regression_step
+from agents.ppo import OnPolicyLearner, RunningReturnScale, check_ratio_is_one, clipped_surrogate, value_regression_step
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.networks import MLP
@@ -70,7 +70,7 @@ class ReinFlowConfig:
     ratio_check_tol: float = 1e-5  # max |recomputed − rollout| per-step log-prob on the first minibatch
 
 
-class ReinFlowLearner:
+class ReinFlowLearner(OnPolicyLearner):
     name = "reinflow"
 
     def __init__(self, policy: Policy, env_id: str, config: ReinFlowConfig, total_iterations: int, seed: int = 0,
@@ -103,22 +103,10 @@ class ReinFlowLearner:
         self.buffer = RolloutBuffer(config.num_steps, config.num_envs, pc.cond_dim, (self.K + 1, self.D), self.device)
         self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
 
-    # -- interface for the runner -----------------------------------------------------------------
-    def eval_policy(self) -> Policy:
-        return self.policy
-
-    def training_state(self):
-        modules = {"policy": self.policy, "noise": self.noise, "critic": self.critic}
-        optimizers = {"actor": self.actor_opt, "critic": self.critic_opt}
-        extra = {"reward_scale": self.reward_scale.state() if self.reward_scale else None}
-        return modules, optimizers, {"learner": self.generator}, extra
-
-    def training_arrays(self) -> dict:
-        return {}
-
-    def load_extra(self, extra: dict, arrays: dict) -> None:
-        if self.reward_scale and extra.get("reward_scale"):
-            self.reward_scale.load(extra["reward_scale"])
+    # -- runner interface ---------------------------------------------------------------------------
+    def trainable(self) -> tuple[dict, dict]:
+        return ({"policy": self.policy, "noise": self.noise, "critic": self.critic},
+                {"actor": self.actor_opt, "critic": self.critic_opt})
 
     def value(self, cond: torch.Tensor) -> torch.Tensor:
         return self.critic(cond).squeeze(-1)
