@@ -267,3 +267,21 @@ def test_ddim_last_step_is_deterministic_and_eta_one_is_stochastic_before():
         v, torch.zeros(4, 1).double(), torch.randn(4, 3).double(), K)
     assert torch.all(chain.log_probs[:, -1] == 0) and torch.all(chain.log_probs[:, :-1] != 0)
     assert alphas[-1] == 1.0 and alphas[0] > 0
+
+
+def test_sampler_noise_measure_separates_excess_noise_from_resampling():
+    """benchmarks/sampler_noise.py (the Flow-SDE vs CPS write-up): noiseless settings land exactly on the
+    ODE's action from the same x_0; Flow-SDE widens the action spread, CPS keeps it near the ODE's."""
+    from benchmarks.sampler_noise import measure
+    from flowpolicy.checkpoint import load_policy
+
+    policy, _ = load_policy("data/policies/hopper-flow-bc")
+    cond = torch.randn(16, policy.config.cond_dim, generator=torch.Generator().manual_seed(0))
+    for spec in ["ode", "flow_sde:a=0", "cps:eta=0"]:
+        row = measure(policy, cond, spec, samples=8, seed=0)
+        assert row["deviation_from_ode_rms"] < 1e-5, spec
+        assert row["summed_step_variance"] == 0.0, spec
+    sde, cps = (measure(policy, cond, spec, samples=32, seed=0) for spec in ["flow_sde:a=0.5", "cps:eta=0.8"])
+    assert sde["deviation_from_ode_rms"] > 0.1 and cps["deviation_from_ode_rms"] > 0.1
+    assert sde["action_std"] > 1.3 * sde["ode_action_std"]
+    assert abs(cps["action_std"] / cps["ode_action_std"] - 1) < 0.2
