@@ -28,7 +28,8 @@ METHODS = {  # label: result-file stems, the longest run first (curves are merge
     "Flow-CPS η = 0.5": ["cps_eta05_{task}"],  # the noise-matched arm of the sampler comparison
     "DDPO_IS": ["ddpo_is_{task}"],
     "DDPO_SF": ["ddpo_sf_{task}"],
-    "FPO": ["fpo_{task}"],
+    "FPO++ (shipped fpo config)": ["fpo_{task}"],
+    "FPO, plain": ["fpo_plain_{task}"],  # per-decision ratio + PPO-clip: the variant that collapsed
 }
 
 
