@@ -206,7 +206,7 @@ class ChainPGLearner(OnPolicyLearner):
             if self.critic is not None:  # [N] per step; rows of finished episodes are dropped after GAE
                 ended = out.terminated | out.truncated
                 steps["cond"].append(cond)
-                steps["reward"].append(self.reward_scale(out.reward, ended) if self.reward_scale else out.reward)
+                steps["reward"].append(self.reward_scale(out.reward, ended, active) if self.reward_scale else out.reward)
                 steps["terminated"].append(out.terminated)
                 steps["truncated"].append(out.truncated | (t == self.cfg.max_decisions - 1))
                 steps["next_cond"].append(self.policy.condition(

@@ -60,13 +60,18 @@ class RunningReturnScale:
         self.returns = np.zeros(num_envs)
         self.count, self.mean, self.var = 1e-4, 0.0, 1.0
 
-    def __call__(self, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
+    def __call__(self, rewards: np.ndarray, done: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """Scaled rewards of one step of every env. ``active`` (bool [N]) marks the envs whose step belongs
+        to an episode; the others (envs that keep stepping until their group finishes) stay out of the
+        statistics."""
         self.returns = self.returns * self.gamma + rewards
-        batch_mean, batch_var, n = self.returns.mean(), self.returns.var(), len(self.returns)
-        delta, total = batch_mean - self.mean, self.count + n
-        self.mean += delta * n / total
-        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
-        self.count = total
+        tracked = self.returns if active is None else self.returns[active]
+        if len(tracked):
+            batch_mean, batch_var, n = tracked.mean(), tracked.var(), len(tracked)
+            delta, total = batch_mean - self.mean, self.count + n
+            self.mean += delta * n / total
+            self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+            self.count = total
         self.returns[done] = 0.0
         return rewards / math.sqrt(self.var + 1e-8)
 

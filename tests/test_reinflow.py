@@ -10,7 +10,7 @@ from conftest import full_and_resumed_runs
 
 from agents.buffers import RolloutBuffer, compute_gae
 from agents.finetune import FinetuneConfig, finetune
-from agents.ppo import RatioCheckError
+from agents.ppo import RatioCheckError, RunningReturnScale
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import NonFiniteError
 from flowpolicy import load_agent, load_policy
@@ -107,6 +107,24 @@ def reach_config(policy, out, total=6144, **algo):
         "algo": {"num_envs": 8, "num_steps": 64, "minibatch_size": 128, "update_epochs": 4, "actor_lr": 3e-3,
                  "noise_lr": 3e-3, "critic_lr": 3e-3, "clip_range": 0.2, "critic_warmup_iterations": 1,
                  "critic_hidden": [32, 32], "ent_coef": 0.0, "target_kl": None, **algo}})
+
+
+def test_running_return_scale_matches_the_std_of_the_discounted_returns_it_saw():
+    """Golden: the scale is 1/std of every discounted return G_t = γ·G_{t−1} + r_t (reset after an episode
+    end) of the steps it counted — all envs, or only the ``active`` ones."""
+    rng = np.random.default_rng(0)
+    T, N, gamma = 200, 6, 0.9
+    rewards = rng.normal(1.0, 2.0, (T, N))
+    done = rng.random((T, N)) < 0.05
+    active = rng.random((T, N)) < 0.6
+    for mask in (None, active):
+        scale, returns, seen = RunningReturnScale(N, gamma), np.zeros(N), []
+        for t in range(T):
+            scaled = scale(rewards[t], done[t], None if mask is None else mask[t])
+            returns = gamma * returns + rewards[t]
+            seen.extend(returns if mask is None else returns[mask[t]])
+            returns[done[t]] = 0.0
+            np.testing.assert_allclose(scaled * np.sqrt(np.var(seen)), rewards[t], rtol=1e-4)
 
 
 def test_reinflow_improves_a_tiny_task(reach_policy, tmp_path):
