@@ -5,8 +5,10 @@
 Reads ``docs/results/<method>_<task>*.json`` written by ``benchmarks/bench_finetune.py`` (learning curves
 per seed) and reports, for each method and budget, the mean ± std over seeds of the normalized score of
 the last deterministic evaluation at or before the budget ("—" where a run did not reach it), and the mean
-wall time to the largest budget every seed reached (runs share a 2-core machine: see each method's page). Writes
-docs/results/methods_<task>.md and a combined plot docs/results/methods_<task>.png.
+wall time to the largest budget every seed reached (runs share a 2-core machine: see each method's page), and
+how fast a method gets good: the median over seeds of the env steps of the first evaluation scoring at least
+``--reach`` (90), with how many seeds got there. Writes docs/results/methods_<task>.md and a combined plot
+docs/results/methods_<task>.png.
 """
 
 from __future__ import annotations
@@ -50,14 +52,24 @@ def score_at(curve: dict, budget: int) -> float | None:
     return curve["score"][idx[-1]] if idx else None
 
 
+def steps_to_reach(curves: dict[str, dict], level: float) -> str:
+    """Median over seeds of the env steps of the first evaluation ≥ level, and how many seeds reached it."""
+    firsts = [next((s for s, v in zip(c["steps"], c["score"], strict=True) if v >= level), np.inf)
+              for c in curves.values()]
+    reached, median = sum(np.isfinite(firsts)), float(np.median(firsts))
+    return f"{median / 1000:.0f}k ({reached}/{len(firsts)})" if np.isfinite(median) else f"— ({reached}/{len(firsts)})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
     parser.add_argument("--budgets", type=int, nargs="+", default=[100_000, 300_000, 500_000, 1_000_000, 2_000_000])
+    parser.add_argument("--reach", type=float, default=90.0, help="score level for the 'steps to reach' column")
     args = parser.parse_args()
     header = "| method | seeds | BC start | " + " | ".join(f"{b / 1e6:g}M" if b >= 1e6 else f"{b // 1000}k"
-                                                         for b in args.budgets) + " | wall time |"
-    lines = [header, "|" + "---|" * (4 + len(args.budgets))]
+                                                         for b in args.budgets) + \
+        f" | wall time | steps to ≥ {args.reach:g} |"
+    lines = [header, "|" + "---|" * (5 + len(args.budgets))]
     all_curves = {}
     for label, stems in METHODS.items():
         curves = load_curves(stems, args.task)
@@ -74,7 +86,7 @@ def main() -> None:
                 walls = [c["wall_s"][[i for i, s in enumerate(c["steps"]) if s <= budget][-1]] for c in curves.values()]
                 wall = f"{np.mean(walls):.0f} s to {budget / 1e6:g}M" if budget >= 1e6 else \
                     f"{np.mean(walls):.0f} s to {budget // 1000}k"
-        cells.append(wall)
+        cells += [wall, steps_to_reach(curves, args.reach)]
         lines.append(f"| {label} | {len(curves)} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
@@ -99,7 +111,7 @@ def main() -> None:
     ax.set_ylabel("normalized score (SAC expert = 100)")
     ax.set_title(f"{args.task}: mean and range over seeds")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(RESULTS / f"methods_{args.task}.png", dpi=120)
 
