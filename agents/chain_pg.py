@@ -4,7 +4,7 @@ Adapted from image generation to action chunks; one learner, configured per meth
 
 | method | policy | sampler | estimator |
 |---|---|---|---|
-| DDPO_SF (``ddpo_sf``) | diffusion (ε) | ``ddim`` η = 1 | ``reinforce``: −A·Σ_k log p_k, one step per batch |
+| DDPO_SF (``ddpo_sf``) | diffusion (ε) | ``ddim`` η = 1 | ``reinforce``: −A·log p_k, one step per batch |
 | DDPO_IS (``ddpo_is``) | diffusion (ε) | ``ddim`` η = 1 | ``ppo``: clipped per-step importance ratios, epochs |
 | Flow-GRPO (``grpo``) | flow | ``flow_sde`` (a) | ``ppo`` |
 | Flow-CPS (``cps``) | flow | ``cps`` (η) | ``ppo`` |
@@ -20,7 +20,10 @@ V(s) (the one :func:`agents.buffers.compute_gae`: an episode cut at ``max_decisi
 where it stopped, a terminated one does not), normalized over the batch; the critic regresses the
 λ-returns in the same minibatches. The PPO loss clips *per-denoising-step* ratios (each step's log-prob a
 per-dimension mean) and averages over the trained steps; an optional KL to the frozen pretrained policy
-adds ``β·‖μ_θ − μ_ref‖²/(2σ²)`` per step (exact for two Gaussians with the same σ). Deterministic steps
+adds β times the per-dimension mean of ``(μ_θ − μ_ref)²/(2σ²)`` (the exact KL of two Gaussians with
+the same σ, divided by D like the log-probs) averaged over the trained steps. REINFORCE's loss is likewise
+−A·log p_k/D averaged over decisions and trained steps; it is on-policy, so ``clip_range`` and
+``update_epochs`` do not apply and ``kl_coef`` is refused. Deterministic steps
 (σ = 0: CPS's and DDIM's last step) never enter a loss; ``train_steps`` restricts it to a window.
 Evaluation and the saved policy use the deterministic sampler (ODE / DDIM η = 0). The ratio == 1 check on
 the first minibatch of every PPO update is an assertion, as in ReinFlow, on the per-step log-ratios
@@ -128,6 +131,10 @@ class ChainPGLearner(OnPolicyLearner):
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {config.estimator!r}")
         if config.advantages not in ADVANTAGES:
             raise ValueError(f"advantages must be one of {ADVANTAGES}, got {config.advantages!r}")
+        if config.estimator == "reinforce" and (config.kl_coef > 0 or config.update_epochs != 1):
+            raise ValueError("estimator 'reinforce' (DDPO_SF) takes one on-policy step per batch: it has no KL term "
+                             f"and no epochs (kl_coef={config.kl_coef}, update_epochs={config.update_epochs}); "
+                             "use estimator 'ppo' for those")
         if config.group_size < 2:
             raise ValueError(f"group_size must be ≥ 2 (advantages are relative to the group), got {config.group_size}")
         self.cfg, self.seed, self.device = config, seed, torch.device(device)
@@ -206,7 +213,8 @@ class ChainPGLearner(OnPolicyLearner):
             if self.critic is not None:  # [N] per step; rows of finished episodes are dropped after GAE
                 ended = out.terminated | out.truncated
                 steps["cond"].append(cond)
-                steps["reward"].append(self.reward_scale(out.reward, ended, active) if self.reward_scale else out.reward)
+                reward = self.reward_scale(out.reward, ended, active) if self.reward_scale else out.reward
+                steps["reward"].append(reward)
                 steps["terminated"].append(out.terminated)
                 steps["truncated"].append(out.truncated | (t == self.cfg.max_decisions - 1))
                 steps["next_cond"].append(self.policy.condition(
@@ -248,12 +256,13 @@ class ChainPGLearner(OnPolicyLearner):
     # -- update ------------------------------------------------------------------------------------
     def update(self, iteration: int) -> dict:
         if self.cfg.estimator == "reinforce":
-            return self._reinforce_update()
+            return self._reinforce_update(iteration)
         return self._ppo_update(iteration)
 
-    def _reinforce_update(self) -> dict:
-        """DDPO_SF: ∇ E[A·Σ_k log p_k] estimated on the fresh batch, one optimizer step (gradients of the
-        minibatches are accumulated), so θ = θ_old throughout and no ratio is needed."""
+    def _reinforce_update(self, iteration: int) -> dict:
+        """DDPO_SF: ∇ E[A·log p_k] (per-dimension mean, averaged over decisions and trained steps) on the fresh
+        batch, one optimizer step (gradients of the minibatches are accumulated), so θ = θ_old throughout and
+        no ratio is needed — but the recomputed log-probs must still equal the rollout's (checked)."""
         c = self.cfg
         model_fn = self.policy.model.model_fn(self.K)
         n, trained = self.batch["cond"].shape[0], self.trained_steps
@@ -263,13 +272,17 @@ class ChainPGLearner(OnPolicyLearner):
             sl = slice(start, start + c.minibatch_size)
             x_next, mean, std = self.sampler.step_distributions(model_fn, self.batch["cond"][sl],
                                                                 self.batch["chains"][sl], self.K)
-            log_probs = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)[:, trained] / self.D
+            all_steps = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
+            if start == 0:
+                max_dev = check_ratio_is_one((all_steps.detach() - self.batch["log_probs"][sl]) / self.D,
+                                             c.ratio_check_tol, iteration, "per-step chain log-probs")
+            log_probs = all_steps[:, trained] / self.D
             loss = -(self.batch["advantages"][sl, None] * log_probs).sum() / (n * int(trained.sum()))
             loss.backward()
             total += loss.item()
         nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
         self.actor_opt.step()
-        out = {"losses/policy_loss": total, "charts/decisions": float(n)}
+        out = {"losses/policy_loss": total, "charts/decisions": float(n), "losses/logprob_max_dev": max_dev}
         if self.critic is not None:  # the critic takes its minibatch steps on the same fresh batch
             order = torch.randperm(n, generator=self.generator, device=self.generator.device).to(self.device)
             out["losses/value_loss"] = float(np.mean([self._critic_step(order[start:start + c.minibatch_size])

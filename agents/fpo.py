@@ -7,9 +7,10 @@ conditional flow-matching loss of the rollout policy,
 
     ℓ_i(θ) = w(τ_i) · mean_d ( v_θ(τ_i·a + (1 − τ_i)·ε_i, τ_i, s) − (a − ε_i) )²,
 
-w = 1 (``velocity``) or τ² (``epsilon``: the same error measured on the implied noise prediction
-ε̂ = x − τ·v, which FPO found better). The ratio is ``exp(mean_i ℓ_old − mean_i ℓ_θ)`` — lower flow-matching
-loss on the taken action stands in for higher likelihood — or, per sample (``per_sample_ratio``, FPO++),
+a per-dimension mean (so the clip range refers to it), w = 1 (``velocity``) or τ² (``epsilon``: the same
+error measured on the implied noise prediction ε̂ = x − τ·v, which FPO found better). The ratio is
+``exp(mean_i ℓ_old − mean_i ℓ_θ)`` — lower flow-matching loss on the taken action stands in for higher
+likelihood — or, per sample (``per_sample_ratio``, FPO++),
 ``exp(ℓ_old,i − ℓ_θ,i)`` with the clipped objective averaged over the samples; FPO++'s other change,
 ``negative_advantages: spo``, replaces the clip by SPO's quadratic penalty where A < 0
 (:func:`agents.ppo.asymmetric_surrogate`). PPO-clip uses a small ε
@@ -87,7 +88,7 @@ class FPOLearner(OnPolicyLearner):
     def __init__(self, policy: Policy, env_id: str, config: FPOConfig, total_iterations: int, seed: int = 0,
                  device: str = "cpu", reference: Policy | None = None):
         """``reference`` is unused (FPO has no regularizer toward the pretrained policy)."""
-        if policy.config.kind not in ("flow", "shortcut"):
+        if policy.config.kind != "flow":  # a shortcut model acts with its step-size head, not the velocity ℓ scores
             raise ValueError(f"FPO fine-tunes flow policies; this policy is {policy.config.kind!r}")
         if config.loss_weighting not in ("epsilon", "velocity"):
             raise ValueError(f"loss_weighting must be 'epsilon' or 'velocity', got {config.loss_weighting!r}")

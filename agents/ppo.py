@@ -18,7 +18,7 @@ def check_ratio_is_one(log_ratio: torch.Tensor, tol: float, iteration: int, what
     """On the first minibatch of an update θ = θ_old, so every recomputed log-ratio must be 0: raise
     :class:`RatioCheckError` naming the iteration when one exceeds ``tol``; returns the largest deviation."""
     deviation = log_ratio.abs().max().item()
-    if deviation > tol:
+    if not deviation <= tol:  # a NaN deviation fails too
         raise RatioCheckError(f"recomputed {what} deviate from the rollout's by {deviation:.2e} on the first "
                               f"minibatch of iteration {iteration} (PPO ratio != 1)")
     return deviation

@@ -209,7 +209,12 @@ class FlowSDESampler(Sampler):
 
 
 class CPSSampler(Sampler):
-    """Coefficients-preserving sampling (Flow-CPS): the noise level after each step is exactly 1 − t'."""
+    """Coefficients-preserving sampling (Flow-CPS): the noise level after each step is exactly 1 − t'.
+
+    What it preserves is the *noise coefficient* of x = t·â + (1 − t)·ε̂, not the flow's marginals: at η > 0
+    the fresh noise replaces part of ε̂, which the velocity field would have mapped to the data's spread, so
+    samples come out narrower than the data even as K → ∞ (Gaussian data s = 0.3: std ≈ 0.24 at η = 0.8;
+    tested). Flow-SDE keeps the marginals but widens every finite-K chain with its excess noise."""
 
     name = "cps"
 
@@ -242,8 +247,10 @@ class DDIMSampler(Sampler):
         alphas = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         if alphas.ndim != 1 or alphas.numel() < 2:
             raise ValueError("alphas_cumprod must be a 1-D tensor with K+1 ≥ 2 entries")
-        if not torch.all(alphas[1:] >= alphas[:-1]) or alphas[0] <= 0 or alphas[-1] > 1:
-            raise ValueError("alphas_cumprod must rise from > 0 at k=0 to ≤ 1 at k=K")
+        if not torch.all(alphas[1:] >= alphas[:-1]) or alphas[0] <= 0 or alphas[-1] != 1 or alphas[-2] >= 1:
+            # ᾱ_K = 1 makes the last step deterministic (an almost-1 value gives it a tiny σ and a log-prob
+            # dominated by rounding); ᾱ_{K−1} = 1 as well would make its variance 0/0
+            raise ValueError("alphas_cumprod must rise from > 0 at k=0 to exactly 1 at k=K (and < 1 before)")
         self.eta = float(eta)
         self.alphas_cumprod = alphas
 

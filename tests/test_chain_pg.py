@@ -49,11 +49,13 @@ def test_members_of_a_group_start_from_the_same_state(reach_policy):
     learner.envs.close()
 
 
-@pytest.mark.parametrize("kind", ["flow", "diffusion"])
+@pytest.mark.parametrize("kind", ["flow", "diffusion", "reinforce"])
 def test_ratio_is_one_on_the_first_minibatch_and_the_check_fires(reach_policy, reach_diffusion_policy, kind):
-    """GRPO's flow_sde chains and DDPO_IS's DDIM η = 1 chains (whose last step is deterministic)."""
+    """GRPO's flow_sde chains, DDPO_IS's DDIM η = 1 chains (whose last step is deterministic), and DDPO_SF's
+    (no ratio in its loss, but the recomputed log-probs must still be the rollout's)."""
     learner = make_learner(reach_policy) if kind == "flow" else \
-        make_learner(reach_diffusion_policy, sampler="ddim", eta=1.0)
+        make_learner(reach_diffusion_policy, sampler="ddim", eta=1.0) if kind == "diffusion" else \
+        make_learner(reach_diffusion_policy, sampler="ddim", eta=1.0, estimator="reinforce", update_epochs=1)
     if kind == "diffusion":
         assert learner.trained_steps.tolist() == [True, True, True, False]
     learner.collect(1)
@@ -120,9 +122,16 @@ def test_ddpo_configs_use_ddim_on_diffusion_policies_and_refuse_flows(reach_poli
         make_learner(reach_policy, sampler="ddim")
 
 
+@pytest.mark.parametrize("bad", [{"kl_coef": 0.1}, {"update_epochs": 4}])
+def test_reinforce_refuses_options_it_would_ignore(reach_diffusion_policy, bad):
+    with pytest.raises(ValueError, match="reinforce"):
+        make_learner(reach_diffusion_policy, sampler="ddim", estimator="reinforce", **{"update_epochs": 1, **bad})
+
+
 @pytest.mark.parametrize("algorithm,algo,keep", [
     ("ddpo_is", {"clip_range": 0.1}, 0.5),  # measured: −20.3 → −0.9
-    ("ddpo_sf", {"actor_lr": 1e-2}, 0.75),  # measured: −20.3 → −11.4 (one gradient step per batch: slower)
+    # measured: −20.3 → −11.4 (one gradient step per batch: slower)
+    ("ddpo_sf", {"actor_lr": 1e-2, "update_epochs": 1}, 0.75),
 ])
 def test_ddpo_improves_a_tiny_task_with_a_diffusion_policy(reach_diffusion_policy, tmp_path, algorithm, algo, keep):
     summary = finetune(grpo_config(reach_diffusion_policy, tmp_path, algorithm, total=12288, **algo))

@@ -108,3 +108,14 @@ def test_fpo_plus_plus_settings_improve_a_tiny_task(reach_policy, tmp_path):
     summary = finetune(fpo_config(reach_policy, tmp_path, per_sample_ratio=True, negative_advantages="spo"))
     # measured: −12.2 → −2.2
     assert summary["initial_return"] < -5 and summary["final_return"] > 0.5 * summary["initial_return"], summary
+
+
+def test_fpo_refuses_shortcut_policies(tmp_path):
+    """A shortcut policy acts with its step-size head, so FPO's flow-matching ratio would score another network."""
+    from flowpolicy.networks import NetworkConfig
+    from flowpolicy.policy import Policy, PolicyConfig
+
+    policy = Policy(PolicyConfig(kind="shortcut", obs_dim=2, action_dim=2, horizon=1, num_steps=2,
+                                 network=NetworkConfig(hidden=[8])))
+    with pytest.raises(ValueError, match="flow policies"):
+        FPOLearner(policy, "ReachTest-v0", FPOConfig(num_envs=2, num_steps=4), total_iterations=1)

@@ -10,7 +10,7 @@ from conftest import full_and_resumed_runs
 
 from agents.buffers import RolloutBuffer, compute_gae
 from agents.finetune import FinetuneConfig, finetune
-from agents.ppo import RatioCheckError, RunningReturnScale
+from agents.ppo import RatioCheckError, RunningReturnScale, check_ratio_is_one
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import NonFiniteError
 from flowpolicy import load_agent, load_policy
@@ -205,3 +205,9 @@ def test_shipped_finetune_configs_are_valid():
             assert algo.logprob_reduction == "mean"
         if getattr(algo, "dataset", None):
             assert Path(algo.dataset).is_dir(), path
+
+
+def test_the_ratio_check_also_fails_on_nan():
+    assert check_ratio_is_one(torch.full((3,), 1e-7), 1e-5, 0, "x") == pytest.approx(1e-7)
+    with pytest.raises(RatioCheckError):
+        check_ratio_is_one(torch.tensor([0.0, float("nan")]), 1e-5, 3, "log-probs")

@@ -249,6 +249,17 @@ def test_flow_sde_with_optimal_velocity_reproduces_gaussian_data():
     assert (coarse_std - S).abs().max() > (std - S).abs().max()  # finer steps are closer
 
 
+def test_cps_preserves_the_noise_coefficient_not_the_marginals():
+    """With the exact velocity of Gaussian data, CPS at η = 0 reproduces the data, while at η = 0.8 its
+    samples keep the mean but come out narrower (fresh noise replaces part of ε̂) — the property behind
+    CPS's narrower action spread in benchmarks/sampler_noise.py. Flow-SDE stays at S (test above)."""
+    mean, std = _mc_moments(make_sampler("cps", eta=0.0), gaussian_velocity(M, S), K=100)
+    torch.testing.assert_close(std, S, atol=0.02, rtol=0.05)
+    mean, std = _mc_moments(make_sampler("cps", eta=0.8), gaussian_velocity(M, S), K=100)
+    torch.testing.assert_close(mean, M, atol=0.02, rtol=0)
+    assert std[0] < 0.85 * S[0] and std[1] < 0.85 * S[1]  # s = 0.3 → ≈ 0.24, s = 1 → < 1
+
+
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_with_optimal_epsilon_reproduces_gaussian_data(eta):
     K = 100
@@ -285,3 +296,10 @@ def test_sampler_noise_measure_separates_excess_noise_from_resampling():
     assert sde["deviation_from_ode_rms"] > 0.1 and cps["deviation_from_ode_rms"] > 0.1
     assert sde["action_std"] > 1.3 * sde["ode_action_std"]
     assert abs(cps["action_std"] / cps["ode_action_std"] - 1) < 0.2
+
+
+@pytest.mark.parametrize("alphas", [[0.1, 0.5, 0.999999], [0.1, 1.0, 1.0], [0.5, 0.4, 1.0], [0.0, 0.5, 1.0]])
+def test_ddim_refuses_schedules_that_break_its_last_step(alphas):
+    """ᾱ_K must be exactly 1 (a deterministic last step), ᾱ_{K−1} < 1 (else 0/0), and ᾱ non-decreasing from > 0."""
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        make_sampler("ddim", eta=1.0, alphas_cumprod=torch.tensor(alphas, dtype=torch.float64))
