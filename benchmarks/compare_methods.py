@@ -29,6 +29,8 @@ METHODS = {  # label: result-file stems, the longest run first (curves are merge
     "Flow-CPS": ["cps_{task}"],
     "Flow-CPS η = 0.5": ["cps_eta05_{task}"],  # the noise-matched arm of the sampler comparison
     "DDPO_IS": ["ddpo_is_{task}"],
+    "DDPO_IS, clip 1e-3": ["ddpo_is_clip1e-3_{task}"],  # sensitivity arms: DDPO's image clip range 1e-4 binds
+    "DDPO_IS, clip 1e-2": ["ddpo_is_clip1e-2_{task}"],  # (1e-2 is Flow-GRPO's setting in our configs)
     "DDPO_SF": ["ddpo_sf_{task}"],
     "FPO++ (shipped fpo config)": ["fpo_{task}"],
     "FPO, plain": ["fpo_plain_{task}"],  # per-decision ratio + PPO-clip: the variant that collapsed
