@@ -28,9 +28,9 @@ METHODS = {  # label: result-file stems, the longest run first (curves are merge
     "Flow-GRPO": ["grpo_{task}"],
     "Flow-CPS": ["cps_{task}"],
     "Flow-CPS η = 0.5": ["cps_eta05_{task}"],  # the noise-matched arm of the sampler comparison
-    "DDPO_IS": ["ddpo_is_{task}"],
-    "DDPO_IS, clip 1e-3": ["ddpo_is_clip1e-3_{task}"],  # sensitivity arms: DDPO's image clip range 1e-4 binds
-    "DDPO_IS, clip 1e-2": ["ddpo_is_clip1e-2_{task}"],  # (1e-2 is Flow-GRPO's setting in our configs)
+    "DDPO_IS (clip 1e-2, shipped config)": ["ddpo_is_clip1e-2_{task}"],
+    "DDPO_IS, clip 1e-3": ["ddpo_is_clip1e-3_{task}"],
+    "DDPO_IS, clip 1e-4 (DDPO's image setting)": ["ddpo_is_{task}"],  # run before the config moved to 1e-2
     "DDPO_SF": ["ddpo_sf_{task}"],
     "FPO++ (shipped fpo config)": ["fpo_{task}"],
     "FPO, plain": ["fpo_plain_{task}"],  # per-decision ratio + PPO-clip: the variant that collapsed
@@ -102,18 +102,19 @@ def main() -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, curves in all_curves.items():
+    fig, ax = plt.subplots(figsize=(11, 5))
+    colors = plt.get_cmap("tab20").colors  # more methods than tab10 has colours
+    for (label, curves), color in zip(all_curves.items(), colors, strict=False):
         grid = np.linspace(0, min(c["steps"][-1] for c in curves.values()), 60)
         scores = np.array([np.interp(grid, c["steps"], c["score"]) for c in curves.values()])
-        line, = ax.plot(grid / 1e6, scores.mean(0), label=label)
-        ax.fill_between(grid / 1e6, scores.min(0), scores.max(0), color=line.get_color(), alpha=0.2)
+        ax.plot(grid / 1e6, scores.mean(0), label=f"{label} ({len(curves)})", color=color)
+        ax.fill_between(grid / 1e6, scores.min(0), scores.max(0), color=color, alpha=0.1)
     ax.axhline(100, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("env steps (millions)")
     ax.set_ylabel("normalized score (SAC expert = 100)")
-    ax.set_title(f"{args.task}: mean and range over seeds")
+    ax.set_title(f"{args.task}: mean and range over seeds (number of seeds in the legend)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(RESULTS / f"methods_{args.task}.png", dpi=120)
 

@@ -20,6 +20,7 @@ import numpy as np
 
 DEFAULT_ARMS = ["grpo_hopper=Flow-SDE a = 0.5 (grpo)", "cps_hopper=CPS η = 0.8 (cps)",
                 "cps_eta05_hopper=CPS η = 0.5 (noise-matched)"]
+DEFAULT_BUDGETS = [100_000, 300_000, 500_000, 1_000_000, 2_000_000]
 
 
 def scalars(run_dir: Path, tag: str) -> np.ndarray:
@@ -67,11 +68,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, help="RUN_NAME=label (runs/bench/RUN_NAME)")
     parser.add_argument("--runs", default="runs/bench")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[100_000, 300_000, 500_000, 1_000_000, 2_000_000])
+    parser.add_argument("--budgets", type=int, nargs="+", default=DEFAULT_BUDGETS)
     parser.add_argument("--reach", type=float, default=90.0)
     parser.add_argument("--task", default="hopper")
+    parser.add_argument("--out", help="writes OUT.md and OUT.png (default docs/results/sampler_comparison_TASK)")
     args = parser.parse_args()
-    windows = [(0, 100_000), (400_000, 500_000), (1_900_000, 2_000_000)]
+    last = max(args.budgets)
+    windows = [(0, 100_000), (last // 2 - 100_000, last // 2), (last - 100_000, last)]
     budget_names = [f"{b / 1e6:g}M" if b >= 1e6 else f"{b // 1000}k" for b in args.budgets]
 
     arms = {}
@@ -82,7 +85,10 @@ def main() -> None:
 
     lines = [f"Sampler comparison on {args.task}: the GRPO learner with each sampler, same config otherwise, "
              f"finished runs only (deterministic evaluation, normalized; mean ± std over seeds).",
-             "Command: `python benchmarks/sampler_comparison.py`", "",
+             "Command: `python benchmarks/sampler_comparison.py" + (" " + " ".join(f"'{a}'" for a in args.arms) if
+                                                                    args.arms != DEFAULT_ARMS else "") +
+             (f" --budgets {' '.join(map(str, args.budgets))}" if args.budgets != DEFAULT_BUDGETS else "") +
+             (f" --out {args.out}" if args.out else "") + "`", "",
              "| sampler | seeds | " + " | ".join(budget_names) +
              f" | mean score to {budget_names[-1]} (AUC) | steps to ≥ {args.reach:g} (median) |",
              "|---|---|" + "---:|" * (len(budget_names) + 2)]
@@ -96,7 +102,7 @@ def main() -> None:
         reached = f"{np.median(reach) / 1000:.0f}k" if np.isfinite(np.median(reach)) else "—"
         lines.append(f"| {label} | {len(seeds)} | " + " | ".join(fmt(at[:, i]) for i in range(len(budget_names))) +
                      f" | {fmt([s['auc'] for s in seeds])} | {reached} ({int(np.isfinite(reach).sum())}/{len(seeds)}"
-                     f" reached; per seed {', '.join(f'{r / 1000:.0f}k' for r in reach)}) |")
+                     f" reached; per seed {', '.join(f'{r / 1000:.0f}k' if np.isfinite(r) else '—' for r in reach)}) |")
     window_names = [f"{lo // 1000}–{hi // 1000}k" for lo, hi in windows]
     lines += ["", "Return of the stochastic training rollouts (what the sampler explores with) vs. the deterministic "
               "evaluation in the same window of env steps (mean over seeds; BC policy's deterministic return "
@@ -115,7 +121,7 @@ def main() -> None:
         lines.append(f"| {label} | {np.mean([s['bc_return'] for s in seeds]):.0f} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(f"docs/results/sampler_comparison_{args.task}")
+    out = Path(args.out or f"docs/results/sampler_comparison_{args.task}")
     out.with_suffix(".md").write_text(text)
 
     try:
