@@ -46,7 +46,14 @@ from torch import nn
 
 from agents.buffers import compute_gae
 from agents.critics import ValueNet
-from agents.ppo import OnPolicyLearner, RunningReturnScale, check_ratio_is_one, clipped_surrogate, value_regression_step
+from agents.ppo import (
+    OnPolicyLearner,
+    RunningReturnScale,
+    check_ratio_is_one,
+    clipped_surrogate,
+    value_regression_step,
+    warn_if_rollouts_cut_episodes,
+)
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
@@ -171,6 +178,7 @@ class ChainPGLearner(OnPolicyLearner):
         self.num_envs = config.group_size * config.num_groups
         self.envs = VecEnv(env_id, self.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
         self.env_steps_per_iteration = self.num_envs * config.max_decisions * pc.act_steps  # an upper bound
+        warn_if_rollouts_cut_episodes(env_id, config.max_decisions * pc.act_steps, "algo.max_decisions")
         self.batch: dict[str, torch.Tensor] = {}
 
     # -- runner interface ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from agents.ppo import (
     check_ratio_is_one,
     clipped_surrogate,
     value_regression_step,
+    warn_if_rollouts_cut_episodes,
 )
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
@@ -110,6 +111,7 @@ class FPOLearner(OnPolicyLearner):
         self.buffer = RolloutBuffer(config.num_steps, config.num_envs, pc.cond_dim, (1, self.D), self.device,
                                     extra_shapes={"taus": (n,), "noises": (n, self.D), "old_losses": (n,)})
         self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
+        warn_if_rollouts_cut_episodes(env_id, config.num_steps * pc.act_steps, "algo.num_steps")
 
     # -- runner interface ---------------------------------------------------------------------------
     def trainable(self) -> tuple[dict, dict]:

@@ -5,7 +5,9 @@ the discounted return, and :class:`OnPolicyLearner`, their common side of the ru
 from __future__ import annotations
 
 import math
+import warnings
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -50,6 +52,18 @@ def asymmetric_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_ran
     clip = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
     spo = -(advantages * ratio - advantages.abs() / (2 * clip_range) * (ratio - 1).square())
     return torch.where(advantages >= 0, clip, spo).mean()
+
+
+def warn_if_rollouts_cut_episodes(env_id: str, env_steps_per_env: int, setting: str) -> bool:
+    """Every iteration resets its envs, so a rollout shorter than the task's time limit never reaches the
+    late part of an episode (the cut is a truncation GAE bootstraps, but those states are never trained on).
+    Warns, naming the setting to raise; returns whether it warned."""
+    limit = gym.spec(env_id).max_episode_steps
+    if limit is None or env_steps_per_env >= limit:
+        return False
+    warnings.warn(f"{env_id}: each iteration runs {env_steps_per_env} env steps per env but an episode may last "
+                  f"{limit}: states after step {env_steps_per_env} are never visited (raise {setting})", stacklevel=3)
+    return True
 
 
 class RunningReturnScale:

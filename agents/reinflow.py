@@ -31,7 +31,14 @@ import torch
 from torch import nn
 
 from agents.buffers import RolloutBuffer
-from agents.ppo import OnPolicyLearner, RunningReturnScale, check_ratio_is_one, clipped_surrogate, value_regression_step
+from agents.ppo import (
+    OnPolicyLearner,
+    RunningReturnScale,
+    check_ratio_is_one,
+    clipped_surrogate,
+    value_regression_step,
+    warn_if_rollouts_cut_episodes,
+)
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.networks import MLP
@@ -102,6 +109,7 @@ class ReinFlowLearner(OnPolicyLearner):
         self.reward_scale = RunningReturnScale(config.num_envs, config.gamma) if config.normalize_rewards else None
         self.buffer = RolloutBuffer(config.num_steps, config.num_envs, pc.cond_dim, (self.K + 1, self.D), self.device)
         self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
+        warn_if_rollouts_cut_episodes(env_id, config.num_steps * pc.act_steps, "algo.num_steps")
 
     # -- runner interface ---------------------------------------------------------------------------
     def trainable(self) -> tuple[dict, dict]:

@@ -8,6 +8,9 @@ from agents.finetune import FinetuneConfig, finetune
 from flowpolicy import load_agent
 from flowpolicy.config import load_config
 
+# smoke runs are deliberately shorter than an episode
+pytestmark = pytest.mark.filterwarnings("ignore:.*are never visited")
+
 SMOKE = {
     "qsm": ["algo.num_envs=2", "algo.num_steps=8", "algo.critic_warmup_iterations=1", "algo.batch_size=32",
             "runner.total_env_steps=128"],
