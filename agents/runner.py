@@ -52,6 +52,20 @@ def single_threaded():
         torch.set_num_threads(threads)
 
 
+def read_scalars(run_dir: str | Path, tag: str) -> np.ndarray:
+    """[n, 2] (step, value) of one TensorBoard tag of a run, sorted by step. A resumed run has several event
+    files and may log a step twice (an evaluation after its last checkpoint is repeated): the later file wins."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points = {}
+    for path in sorted(Path(run_dir).glob("events*")):
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            points.update((e.step, e.value) for e in acc.Scalars(tag))
+    return np.array(sorted(points.items()), dtype=float).reshape(-1, 2)
+
+
 def last_checkpoint(run_dir: str | Path) -> Path:
     """The directory ``--resume`` continues from: ``checkpoints/last``, or ``checkpoints/.last.old`` when a
     save was interrupted between its two renames."""

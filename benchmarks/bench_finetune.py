@@ -22,20 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from agents.finetune import FinetuneConfig, finetune
+from agents.runner import read_scalars
 from flowpolicy.config import load_config
 
 
 def eval_curve(run_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir))
-    acc.Reload()
-    curve = {"steps": [e.step for e in acc.Scalars("eval/return")],
-             "return": [e.value for e in acc.Scalars("eval/return")]}
-    tags = acc.Tags()["scalars"]
-    if "eval/normalized_score" in tags:
-        curve["normalized_score"] = [e.value for e in acc.Scalars("eval/normalized_score")]
-    wall = {e.step: e.value for e in acc.Scalars("eval/wall_s")} if "eval/wall_s" in tags else {}
+    returns = read_scalars(run_dir, "eval/return")
+    curve = {"steps": [int(s) for s in returns[:, 0]], "return": returns[:, 1].tolist()}
+    score = read_scalars(run_dir, "eval/normalized_score")
+    if len(score):
+        curve["normalized_score"] = score[:, 1].tolist()
+    wall = dict(read_scalars(run_dir, "eval/wall_s").tolist())
     curve["wall_s"] = [wall.get(s, 0.0) for s in curve["steps"]]
     return curve
 

@@ -13,27 +13,15 @@ exploring). Every arm uses the same config but the sampler (see the arms' bench 
 from __future__ import annotations
 
 import argparse
-import glob
 from pathlib import Path
 
 import numpy as np
 
+from agents.runner import read_scalars
+
 DEFAULT_ARMS = ["grpo_hopper=Flow-SDE a = 0.5 (grpo)", "cps_hopper=CPS η = 0.8 (cps)",
                 "cps_eta05_hopper=CPS η = 0.5 (noise-matched)"]
 DEFAULT_BUDGETS = [100_000, 300_000, 500_000, 1_000_000, 2_000_000]
-
-
-def scalars(run_dir: Path, tag: str) -> np.ndarray:
-    """[n, 2] (step, value) of one tag over all event files of a run (a resumed run has several)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points = {}
-    for path in sorted(glob.glob(str(run_dir / "events*"))):
-        acc = EventAccumulator(path, size_guidance={"scalars": 0})
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            points.update((e.step, e.value) for e in acc.Scalars(tag))
-    return np.array(sorted(points.items()), dtype=float).reshape(-1, 2)
 
 
 def window_mean(series: np.ndarray, lo: float, hi: float) -> float:
@@ -44,8 +32,8 @@ def window_mean(series: np.ndarray, lo: float, hi: float) -> float:
 def arm_stats(run_dirs: list[Path], budgets: list[int], windows: list[tuple[int, int]], reach: float) -> dict:
     per_seed = []
     for run in run_dirs:
-        score = scalars(run, "eval/normalized_score")
-        ret, rollout = scalars(run, "eval/return"), scalars(run, "charts/episodic_return")
+        score = read_scalars(run, "eval/normalized_score")
+        ret, rollout = read_scalars(run, "eval/return"), read_scalars(run, "charts/episodic_return")
         if len(score) == 0 or score[-1, 0] < max(budgets) * 0.95:
             continue  # unfinished run: left out so every arm compares complete curves
         upto = score[score[:, 0] <= max(budgets) * 1.01]
@@ -135,7 +123,7 @@ def main() -> None:
     for label, (name, _) in arms.items():
         runs = sorted(Path(args.runs, name).glob("seed*"))
         for ax, tag in zip(axes, ["eval/normalized_score", "charts/episodic_return"], strict=True):
-            curves = [scalars(r, tag) for r in runs]
+            curves = [read_scalars(r, tag) for r in runs]
             curves = [c for c in curves if len(c) and c[-1, 0] >= max(args.budgets) * 0.95]
             if not curves:
                 continue

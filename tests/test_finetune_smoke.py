@@ -49,3 +49,22 @@ def test_every_shipped_task_fine_tunes_from_its_shipped_policy(task, obs_dim, ac
     summary = finetune(cfg)
     assert np.isfinite(summary["final_return"]) and summary["initial_normalized_score"] is not None
     assert load_agent(tmp_path / "policy").act(np.zeros(obs_dim, np.float32)).shape == (action_dim,)
+
+
+def test_read_scalars_merges_the_event_files_of_a_resumed_run(tmp_path):
+    """A resumed run writes a second event file that may repeat steps logged after the last checkpoint:
+    the curve has each step once, sorted, with the later file's value."""
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from agents.runner import read_scalars
+
+    for values in ({0: 1.0, 10: 2.0, 20: 99.0}, {20: 3.0, 30: 4.0}):
+        with SummaryWriter(tmp_path, filename_suffix=f".{time.time_ns()}") as writer:
+            for step, value in values.items():
+                writer.add_scalar("eval/return", value, step)
+        time.sleep(1.1)  # event file names carry a timestamp in seconds
+    np.testing.assert_array_equal(read_scalars(tmp_path, "eval/return"),
+                                  [[0, 1.0], [10, 2.0], [20, 3.0], [30, 4.0]])
+    assert read_scalars(tmp_path, "eval/missing").shape == (0, 2)
