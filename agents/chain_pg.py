@@ -38,7 +38,8 @@ slowest member finishes; those steps are neither stored nor counted.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ from agents.ppo import (
     warn_if_rollouts_cut_episodes,
 )
 from envs.vector import VecEnv
+from flowpolicy.config import ConfigError, param, redefault
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
 
@@ -62,56 +64,85 @@ FLOW_SAMPLERS, DIFFUSION_SAMPLERS = ("flow_sde", "cps"), ("ddim",)
 ESTIMATORS, ADVANTAGES = ("ppo", "reinforce"), ("group", "batch", "gae")
 
 
+Sampler = Literal["flow_sde", "cps", "ddim"]
+Estimator = Literal["ppo", "reinforce"]
+# each sampler's noise parameter and its default; a parameter the chosen sampler does not use is an error
+SAMPLER_PARAMS = {"flow_sde": ("a", 0.7), "cps": ("eta", 0.8), "ddim": ("eta", 1.0)}
+GAE_ONLY = {"gamma": 0.99, "gae_lambda": 0.95, "critic_lr": 1e-3, "critic_hidden": [256, 256, 256],
+            "normalize_rewards": True}
+
+
 @dataclass
 class GRPOConfig:
-    sampler: str = "flow_sde"  # flow_sde (Flow-GRPO) | cps (Flow-CPS) | ddim (DDPO, diffusion policies)
-    a: float = 0.7  # flow_sde noise scale
-    eta: float = 0.8  # cps noise angle; DDIM's η for ddim
-    estimator: str = "ppo"  # ppo (clipped per-step ratios) | reinforce (DDPO_SF: one step per batch)
-    advantages: str = "group"  # group | batch (episode return, normalized) | gae (per decision, learned critic)
-    K: int | None = None  # denoising steps in rollouts and the loss (default: the policy's)
-    group_size: int = 8
-    num_groups: int = 2
-    max_decisions: int = 250  # per episode (an episode cut here counts with the return so far)
-    train_steps: list[int] | None = None  # denoising steps in the loss (None: every stochastic step)
-    update_epochs: int = 4
-    minibatch_size: int = 1024
-    clip_range: float = 0.01  # on per-step, per-dimension-mean log-prob ratios
-    kl_coef: float = 0.0
-    adv_clip: float = 5.0
-    actor_lr: float = 1e-4
-    max_grad_norm: float = 1.0
-    ratio_check_tol: float = 1e-5
-    # advantages: gae only
-    gamma: float = 0.99  # per decision
-    gae_lambda: float = 0.95
-    critic_lr: float = 1e-3
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    normalize_rewards: bool = True  # divide rewards by the running std of the discounted return
+    sampler: Sampler = param(
+        "flow_sde", "flow_sde (Flow-GRPO) | cps (Flow-CPS) for flow policies; ddim (DDPO) for diffusion policies")
+    a: float | None = param(None, "flow_sde only: noise scale a (null: 0.7)", ge=0)
+    eta: float | None = param(None, "cps: noise angle η (null: 0.8); ddim: DDIM's η (null: 1.0)", ge=0, le=1)
+    estimator: Estimator = param(
+        "ppo", "ppo: clipped per-step ratios over epochs; reinforce: DDPO_SF, one on-policy step per batch")
+    advantages: Literal["group", "batch", "gae"] = param(
+        "group", "group | batch: episode return normalized over its group or the batch; gae: per decision, "
+                 "with a learned critic")
+    K: int | None = param(None, "denoising steps in rollouts and the loss (null: the policy's); evaluation uses the "
+                                "same K deterministically", ge=1)
+    group_size: int = param(8, "envs per group, reset with the same seed (advantages are relative to it)", ge=2)
+    num_groups: int = param(2, "groups per iteration", ge=1)
+    max_decisions: int = param(250, "decisions per episode (an episode cut here counts with the return so far)",
+                               ge=1)
+    train_steps: list[int] | None = param(None, "denoising steps in the loss (null: every stochastic step)", ge=0)
+    update_epochs: int = param(4, "epochs over each batch (reinforce: must be 1)", ge=1)
+    minibatch_size: int = param(1024, "decisions per minibatch", ge=1)
+    clip_range: float = param(0.01, "clip range of per-step, per-dimension-mean log-prob ratios", gt=0)
+    kl_coef: float = param(0.0, "weight of the KL to the frozen pretrained policy (ppo only)", ge=0)
+    adv_clip: float = param(5.0, "advantages are clipped to ± this", gt=0)
+    actor_lr: float = param(1e-4, "policy learning rate", gt=0)
+    max_grad_norm: float = param(1.0, "gradient-norm clip", gt=0)
+    ratio_check_tol: float = param(1e-5, "max |recomputed − rollout| step log-prob on the first minibatch", gt=0)
+    gamma: float = param(0.99, "advantages: gae only — discount per decision", ge=0, le=1)
+    gae_lambda: float = param(0.95, "advantages: gae only — GAE λ", ge=0, le=1)
+    critic_lr: float = param(1e-3, "advantages: gae only — critic learning rate", gt=0)
+    critic_hidden: list[int] = param([256, 256, 256], "advantages: gae only — critic hidden widths", ge=1)
+    normalize_rewards: bool = param(True, "advantages: gae only — divide rewards by the running std of the "
+                                          "discounted return")
+
+    def __post_init__(self):
+        used, default = SAMPLER_PARAMS[self.sampler]
+        unused = "eta" if used == "a" else "a"
+        if getattr(self, unused) is not None:
+            raise ConfigError(f"{unused} does not apply to sampler {self.sampler} (it takes {used})")
+        if getattr(self, used) is None:
+            setattr(self, used, default)
+        if self.advantages != "gae":
+            for key, value in GAE_ONLY.items():
+                if getattr(self, key) != value:
+                    raise ConfigError(f"{key} applies only with advantages: gae (advantages is {self.advantages})")
+        if self.estimator == "reinforce" and (self.kl_coef > 0 or self.update_epochs != 1):
+            raise ConfigError("estimator reinforce (DDPO_SF) takes one on-policy step per batch: it has no KL term "
+                              f"and no epochs (kl_coef={self.kl_coef}, update_epochs={self.update_epochs}); use "
+                              "estimator ppo for those")
 
 
 @dataclass
 class CPSConfig(GRPOConfig):
     """Flow-CPS: the GRPO learner with the coefficients-preserving sampler."""
 
-    sampler: str = "cps"
+    sampler: Sampler = redefault(GRPOConfig, "sampler", "cps")
 
 
 @dataclass
 class DDPOISConfig(GRPOConfig):
     """DDPO_IS: diffusion policy, DDIM η = 1, clipped per-step importance ratios (clip as in DDPO)."""
 
-    sampler: str = "ddim"
-    eta: float = 1.0
-    clip_range: float = 1e-4
+    sampler: Sampler = redefault(GRPOConfig, "sampler", "ddim")
+    clip_range: float = redefault(GRPOConfig, "clip_range", 1e-4)
 
 
 @dataclass
 class DDPOSFConfig(DDPOISConfig):
     """DDPO_SF: the score-function (REINFORCE) estimator, one gradient step per batch of fresh data."""
 
-    estimator: str = "reinforce"
-    update_epochs: int = 1
+    estimator: Estimator = redefault(GRPOConfig, "estimator", "reinforce")
+    update_epochs: int = redefault(GRPOConfig, "update_epochs", 1)
 
 
 def group_advantages(returns: torch.Tensor, group_size: int, clip: float = 5.0) -> torch.Tensor:

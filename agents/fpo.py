@@ -22,7 +22,8 @@ the stored (τ, ε), so the ratio is 1 on the first minibatch of every update �
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,34 +41,36 @@ from agents.ppo import (
 )
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
-from flowpolicy.networks import MLP
+from flowpolicy.config import param
+from flowpolicy.networks import MLP, Activation
 from flowpolicy.policy import Policy
 
 
 @dataclass
 class FPOConfig:
-    num_envs: int = 16
-    num_steps: int = 256  # decisions per env per iteration
-    K: int | None = None  # ODE steps for acting (default: the policy's)
-    n_mc: int = 8  # (τ, ε) pairs per decision
-    loss_weighting: str = "epsilon"  # epsilon (τ²-weighted) | velocity
-    per_sample_ratio: bool = False  # FPO++: one ratio per (τ, ε) pair
-    negative_advantages: str = "clip"  # clip (PPO) | spo (FPO++: SPO's penalty where A < 0, PPO-clip elsewhere)
-    gamma: float = 0.99  # per decision
-    gae_lambda: float = 0.95
-    update_epochs: int = 5
-    minibatch_size: int = 1024
-    clip_range: float = 0.05
-    actor_lr: float = 3e-5
-    critic_lr: float = 6.5e-4
-    lr_min_fraction: float = 0.1
-    max_grad_norm: float = 1.0
-    target_kl: float | None = None
-    critic_warmup_iterations: int = 2
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    critic_activation: str = "silu"
-    normalize_rewards: bool = True
-    ratio_check_tol: float = 1e-5
+    num_envs: int = param(16, "parallel envs in rollouts", ge=1)
+    num_steps: int = param(256, "decisions (action chunks) per env per iteration", ge=1)
+    K: int | None = param(None, "ODE steps for acting, evaluation and the saved policy (null: the policy's)", ge=1)
+    n_mc: int = param(8, "(τ, ε) pairs per decision", ge=1)
+    loss_weighting: Literal["epsilon", "velocity"] = param("epsilon", "CFM loss: ε-MSE (τ²-weighted) or velocity MSE")
+    per_sample_ratio: bool = param(False, "FPO++: one ratio per (τ, ε) pair")
+    negative_advantages: Literal["clip", "spo"] = param(
+        "clip", "clip: PPO-clip everywhere; spo: FPO++'s SPO penalty where A < 0, PPO-clip elsewhere")
+    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
+    gae_lambda: float = param(0.95, "GAE λ", ge=0, le=1)
+    update_epochs: int = param(5, "PPO epochs over each rollout", ge=1)
+    minibatch_size: int = param(1024, "decisions per minibatch", ge=1)
+    clip_range: float = param(0.05, "clip range of the CFM-loss ratio", gt=0)
+    actor_lr: float = param(3e-5, "policy learning rate", gt=0)
+    critic_lr: float = param(6.5e-4, "critic learning rate", gt=0)
+    lr_min_fraction: float = param(0.1, "cosine schedules decay to this fraction of the initial rates", ge=0, le=1)
+    max_grad_norm: float = param(1.0, "gradient-norm clip", gt=0)
+    target_kl: float | None = param(None, "stop an update's epochs when approx-KL exceeds this (null: never)", gt=0)
+    critic_warmup_iterations: int = param(2, "iterations that train only the critic", ge=0)
+    critic_hidden: list[int] = param([256, 256, 256], "critic hidden widths", ge=1)
+    critic_activation: Activation = param("silu", "critic activation")
+    normalize_rewards: bool = param(True, "divide rewards by a running std of the discounted return")
+    ratio_check_tol: float = param(1e-5, "max |recomputed − rollout| CFM loss on the first minibatch", gt=0)
 
 
 def cfm_losses(policy: Policy, cond: torch.Tensor, actions: torch.Tensor, taus: torch.Tensor,

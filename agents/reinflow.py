@@ -24,7 +24,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,7 +42,8 @@ from agents.ppo import (
 )
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
-from flowpolicy.networks import MLP
+from flowpolicy.config import ConfigError, param
+from flowpolicy.networks import MLP, Activation
 from flowpolicy.noise import NoiseNet
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
@@ -49,32 +51,38 @@ from flowpolicy.samplers import gaussian_log_prob
 
 @dataclass
 class ReinFlowConfig:
-    num_envs: int = 16
-    num_steps: int = 128  # decisions per env per iteration
-    K: int | None = None  # denoising steps (default: the policy's)
-    gamma: float = 0.99  # per decision
-    gae_lambda: float = 0.95
-    update_epochs: int = 5
-    minibatch_size: int = 1024
-    clip_range: float = 0.01
-    logprob_reduction: str = "mean"  # mean | sum
-    ent_coef: float = 0.03
-    bc_coef: float = 0.0
-    actor_lr: float = 4.5e-5
-    noise_lr: float = 4.5e-5
-    critic_lr: float = 6.5e-4
-    lr_min_fraction: float = 0.1  # cosine schedules decay to this fraction of the initial rates
-    max_grad_norm: float = 1.0
-    target_kl: float | None = 1.0
-    critic_warmup_iterations: int = 2
-    sigma_min: float = 0.10
-    sigma_max: float = 0.24
-    sigma_max_end: float | None = None  # linear schedule of the upper σ bound over the run
-    noise_hidden: list[int] = field(default_factory=lambda: [64, 64])
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    critic_activation: str = "silu"
-    normalize_rewards: bool = True  # divide rewards by a running std of the discounted return
-    ratio_check_tol: float = 1e-5  # max |recomputed − rollout| per-step log-prob on the first minibatch
+    num_envs: int = param(16, "parallel envs in rollouts", ge=1)
+    num_steps: int = param(128, "decisions (action chunks) per env per iteration", ge=1)
+    K: int | None = param(None, "denoising steps in rollouts, updates, evaluation and the saved policy "
+                                "(null: the policy's)", ge=1)
+    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
+    gae_lambda: float = param(0.95, "GAE λ", ge=0, le=1)
+    update_epochs: int = param(5, "PPO epochs over each rollout", ge=1)
+    minibatch_size: int = param(1024, "decisions per PPO minibatch", ge=1)
+    clip_range: float = param(0.01, "PPO clip range of the (per-dimension mean) chain ratio", gt=0)
+    logprob_reduction: Literal["mean", "sum"] = param(
+        "mean", "chain log-prob: per-dimension mean (ReinFlow's scale) or joint sum (see module docstring)")
+    ent_coef: float = param(0.03, "weight of the noise-entropy bonus (mean log σ)", ge=0)
+    bc_coef: float = param(0.0, "weight of a BC loss toward the frozen pretrained policy", ge=0)
+    actor_lr: float = param(4.5e-5, "policy learning rate", gt=0)
+    noise_lr: float = param(4.5e-5, "noise-net learning rate", gt=0)
+    critic_lr: float = param(6.5e-4, "critic learning rate", gt=0)
+    lr_min_fraction: float = param(0.1, "cosine schedules decay to this fraction of the initial rates", ge=0, le=1)
+    max_grad_norm: float = param(1.0, "gradient-norm clip", gt=0)
+    target_kl: float | None = param(1.0, "stop an update's epochs when approx-KL exceeds this (null: never)", gt=0)
+    critic_warmup_iterations: int = param(2, "iterations that train only the critic", ge=0)
+    sigma_min: float = param(0.10, "lower bound of the learned noise std (normalized action units)", gt=0)
+    sigma_max: float = param(0.24, "upper bound of the learned noise std", gt=0)
+    sigma_max_end: float | None = param(None, "linear schedule of sigma_max to this value over the run", gt=0)
+    noise_hidden: list[int] = param([64, 64], "noise-net hidden widths", ge=1)
+    critic_hidden: list[int] = param([256, 256, 256], "critic hidden widths", ge=1)
+    critic_activation: Activation = param("silu", "critic activation")
+    normalize_rewards: bool = param(True, "divide rewards by a running std of the discounted return")
+    ratio_check_tol: float = param(1e-5, "max |recomputed − rollout| step log-prob on the first minibatch", gt=0)
+
+    def __post_init__(self):
+        if self.sigma_min > self.sigma_max:
+            raise ConfigError(f"sigma_min ({self.sigma_min}) must be ≤ sigma_max ({self.sigma_max})")
 
 
 class ReinFlowLearner(OnPolicyLearner):
