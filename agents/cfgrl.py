@@ -37,6 +37,7 @@ from torch import nn
 
 from agents.critics import DoubleQ, ValueNet, expectile_loss, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
+from agents.rollout import adopt_training_K
 from envs.vector import VecEnv
 from flowpolicy.models import GuidedFlowModel
 from flowpolicy.policy import Policy
@@ -129,7 +130,7 @@ class CFGRLLearner:
         self.policy = guided_policy_from(policy.to(self.device), config.label_dim, config.label_dropout,
                                          config.guidance).train()
         pc = self.policy.config
-        self.K = config.K or pc.num_steps
+        self.K = adopt_training_K(self.policy, config.K)
         self.critic = IQLCritic(pc.cond_dim, pc.chunk_dim, list(config.critic_hidden),
                                 config.critic_activation).to(self.device)
         self.q_opt = torch.optim.Adam(self.critic.q.parameters(), lr=config.critic_lr)

@@ -54,6 +54,7 @@ from agents.ppo import (
     value_regression_step,
     warn_if_rollouts_cut_episodes,
 )
+from agents.rollout import adopt_training_K
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
@@ -148,7 +149,7 @@ class ChainPGLearner(OnPolicyLearner):
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
         pc = policy.config
-        self.K, self.D = config.K or pc.num_steps, pc.chunk_dim
+        self.K, self.D = adopt_training_K(policy, config.K), pc.chunk_dim
         params = {"a": config.a} if config.sampler == "flow_sde" else {"eta": config.eta}
         self.sampler = policy.make_sampler(config.sampler, K=self.K, **params)
         steps = range(self.K) if config.train_steps is None else config.train_steps

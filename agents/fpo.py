@@ -38,6 +38,7 @@ from agents.ppo import (
     value_regression_step,
     warn_if_rollouts_cut_episodes,
 )
+from agents.rollout import adopt_training_K
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.networks import MLP
@@ -99,7 +100,7 @@ class FPOLearner(OnPolicyLearner):
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
         pc = policy.config
-        self.K, self.D = config.K or pc.num_steps, pc.chunk_dim
+        self.K, self.D = adopt_training_K(policy, config.K), pc.chunk_dim
         self.sampler = policy.make_sampler("ode", K=self.K)
         self.critic = MLP(pc.cond_dim, list(config.critic_hidden), 1, act=config.critic_activation).to(self.device)
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)

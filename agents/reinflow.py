@@ -39,6 +39,7 @@ from agents.ppo import (
     value_regression_step,
     warn_if_rollouts_cut_episodes,
 )
+from agents.rollout import adopt_training_K
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.networks import MLP
@@ -92,7 +93,7 @@ class ReinFlowLearner(OnPolicyLearner):
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
         pc = policy.config
-        self.K = config.K or pc.num_steps
+        self.K = adopt_training_K(policy, config.K)
         self.D = pc.chunk_dim
         self.noise = NoiseNet(pc.chunk_dim, pc.cond_dim, config.sigma_min, config.sigma_max,
                               hidden=tuple(config.noise_hidden)).to(self.device)
