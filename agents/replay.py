@@ -92,8 +92,11 @@ def demonstration_transitions(policy: Policy, source: str, reward_scale: float =
         T = ep.length
         starts = np.arange(0, T, H)
         idx = np.minimum(starts[:, None] + np.arange(pc.horizon), T - 1)
-        history = np.maximum(starts[:, None] + np.arange(-pc.n_obs_steps + 1, 1), 0)
-        next_history = np.minimum(history + H, T)
+        # the env's history at step s is o_{s−n+1} … o_s, padded with the reset observation o_0 (as
+        # envs.vector's FrameStackObservation does); the next decision starts at s + H, or ends at T
+        offsets = np.arange(-pc.n_obs_steps + 1, 1)
+        history = np.maximum(starts[:, None] + offsets, 0)
+        next_history = np.maximum(np.minimum(starts + H, T)[:, None] + offsets, 0)
         with torch.no_grad():
             parts["cond"].append(policy.condition(torch.as_tensor(ep.observations[history], device=device)))
             parts["next_cond"].append(policy.condition(torch.as_tensor(ep.observations[next_history], device=device)))

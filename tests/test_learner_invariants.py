@@ -2,12 +2,17 @@
 it evaluates and saves; bootstrapped values come from the true final observation (not the next episode's
 reset); demonstration transitions see the observation histories the env would give."""
 
+import gymnasium as gym
+import numpy as np
 import pytest
+import torch
 
 import agents.runner
 from agents.finetune import FinetuneConfig, finetune
 from flowpolicy import load_agent, load_policy
 from flowpolicy.config import from_dict
+from flowpolicy.networks import NetworkConfig
+from flowpolicy.policy import Policy, PolicyConfig
 
 # small settings per algorithm: two iterations of ~16 env steps on the 8-step ReachTest task
 TINY = {
@@ -42,3 +47,56 @@ def test_a_run_evaluates_and_saves_the_K_it_trains_with(algorithm, reach_policy,
     for saved in ("policy", "checkpoints/last", "checkpoints/best"):
         assert load_policy(out / saved)[0].config.num_steps == 3, saved
     assert load_agent(out / "policy").K == 3
+
+
+class CounterEnv(gym.Env):
+    """Observation = the step index; terminates after ``length`` steps."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, length: int = 10):
+        self.length = length
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([float(self.t)], np.float32), 1.0, self.t >= self.length, False, {}
+
+
+gym.register("CounterTest-v0", entry_point=CounterEnv)
+
+
+@pytest.mark.parametrize("n_obs_steps", [1, 2, 3])
+@pytest.mark.parametrize(("H", "T"), [(1, 5), (4, 10), (3, 10), (4, 2)])
+def test_demonstration_histories_are_the_ones_the_env_gives(n_obs_steps, H, T, monkeypatch):
+    """The demonstration of a T-step episode with o_t = t, as decision-level transitions, against the same
+    episode stepped through VecEnv (observation history padded at the start, final observation at the end)."""
+    import pretrain.bc
+    from agents.replay import demonstration_transitions
+    from envs.vector import VecEnv
+    from pretrain.datasets import Episode
+
+    policy = Policy(PolicyConfig(obs_dim=1, action_dim=1, horizon=H, act_steps=H, n_obs_steps=n_obs_steps,
+                                 network=NetworkConfig(hidden=[8])))
+    with VecEnv("CounterTest-v0", 1, horizon=H, n_obs_steps=n_obs_steps, length=T) as envs:
+        obs, cond, next_cond, terminated = envs.reset(seed=0), [], [], []
+        while True:
+            out = envs.step(np.zeros((1, H, 1)))
+            cond.append(policy.condition(torch.as_tensor(obs)))
+            next_cond.append(policy.condition(torch.as_tensor(out.final_obs)))
+            terminated.append(float(out.terminated[0]))
+            obs = out.obs
+            if out.done[0]:
+                break
+    episode = Episode(observations=np.arange(T + 1)[:, None], actions=np.zeros((T, 1)), rewards=np.ones(T),
+                      terminated=True, truncated=False)
+    monkeypatch.setattr(pretrain.bc, "load_demonstrations", lambda source: ([episode], {}))
+    demos = demonstration_transitions(policy, "counter")
+    assert torch.equal(demos["cond"], torch.cat(cond))
+    assert torch.equal(demos["next_cond"], torch.cat(next_cond))
+    assert demos["terminated"].tolist() == terminated
