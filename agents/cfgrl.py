@@ -37,7 +37,7 @@ from torch import nn
 
 from agents.critics import DoubleQ, ValueNet, expectile_loss, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
-from agents.rollout import adopt_training_K
+from agents.rollout import adopt_training_K, iteration_seed
 from envs.vector import VecEnv
 from flowpolicy.models import GuidedFlowModel
 from flowpolicy.policy import Policy
@@ -180,7 +180,7 @@ class CFGRLLearner:
             self.policy.set_guidance(c.rollout_guidance)
         try:
             return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, c.num_steps,
-                                       seed=self.seed * 1_000_003 + iteration * c.num_envs,
+                                       seed=iteration_seed(self.seed, iteration, c.num_envs),
                                        exploration_noise=c.exploration_noise, reward_scale=c.reward_scale,
                                        generator=self.generator)
         finally:

@@ -60,7 +60,7 @@ from torch import nn
 
 from agents.critics import DoubleQ, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
-from agents.rollout import adopt_training_K
+from agents.rollout import adopt_training_K, iteration_seed
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
@@ -207,7 +207,7 @@ class QSMLearner:
     # -- rollout -----------------------------------------------------------------------------------
     def collect(self, iteration: int) -> dict:
         return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, self.cfg.num_steps,
-                                   seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs,
+                                   seed=iteration_seed(self.seed, iteration, self.cfg.num_envs),
                                    exploration_noise=self.cfg.exploration_noise,
                                    reward_scale=self.cfg.reward_scale, generator=self.generator)
 
