@@ -168,9 +168,8 @@ class ReinFlowLearner(OnPolicyLearner):
         explained = 1 - (returns - values).var() / (returns.var() + 1e-8)
         out = summarize(stats)
         out["losses/explained_variance"] = explained.item()
-        out["charts/noise_std"] = math.exp(stats["entropy"][-1]) if stats["entropy"] else float("nan")
+        if stats["entropy"]:
+            out["charts/noise_std"] = math.exp(stats["entropy"][-1])
         out["charts/actor_lr"] = self.actor_opt.param_groups[0]["lr"]
         out["charts/kl_early_stop"] = float(stop)
-        if not stats["entropy"]:
-            out.pop("charts/noise_std")
         return out
