@@ -38,6 +38,7 @@ from torch import nn
 
 from agents.critics import DoubleQ, ValueNet, expectile_loss, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
+from agents.rollout import adopt_training_K, iteration_seed
 from envs.vector import VecEnv
 from flowpolicy.config import ConfigError, param
 from flowpolicy.models import GuidedFlowModel
@@ -138,7 +139,7 @@ class CFGRLLearner:
         self.policy = guided_policy_from(policy.to(self.device), config.label_dim, config.label_dropout,
                                          config.guidance).train()
         pc = self.policy.config
-        self.K = config.K or pc.num_steps
+        self.K = adopt_training_K(self.policy, config.K)
         self.critic = IQLCritic(pc.cond_dim, pc.chunk_dim, list(config.critic_hidden),
                                 config.critic_activation).to(self.device)
         self.q_opt = torch.optim.Adam(self.critic.q.parameters(), lr=config.critic_lr)
@@ -188,7 +189,7 @@ class CFGRLLearner:
             self.policy.set_guidance(c.rollout_guidance)
         try:
             return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, c.num_steps,
-                                       seed=self.seed * 1_000_003 + iteration * c.num_envs,
+                                       seed=iteration_seed(self.seed, iteration, c.num_envs),
                                        exploration_noise=c.exploration_noise, reward_scale=c.reward_scale,
                                        generator=self.generator)
         finally:

@@ -49,12 +49,15 @@ from agents.buffers import compute_gae
 from agents.critics import ValueNet
 from agents.ppo import (
     OnPolicyLearner,
+    PolicyTerms,
     RunningReturnScale,
     check_ratio_is_one,
-    clipped_surrogate,
-    value_regression_step,
+    minibatch_indices,
+    ppo_epochs,
+    summarize,
     warn_if_rollouts_cut_episodes,
 )
+from agents.rollout import Rollout, adopt_training_K, iteration_seed
 from envs.vector import VecEnv
 from flowpolicy.config import ConfigError, param, redefault
 from flowpolicy.policy import Policy
@@ -179,7 +182,7 @@ class ChainPGLearner(OnPolicyLearner):
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
         pc = policy.config
-        self.K, self.D = config.K or pc.num_steps, pc.chunk_dim
+        self.K, self.D = adopt_training_K(policy, config.K), pc.chunk_dim
         params = {"a": config.a} if config.sampler == "flow_sde" else {"eta": config.eta}
         self.sampler = policy.make_sampler(config.sampler, K=self.K, **params)
         steps = range(self.K) if config.train_steps is None else config.train_steps
@@ -224,13 +227,11 @@ class ChainPGLearner(OnPolicyLearner):
     # -- rollout -----------------------------------------------------------------------------------
     def group_seeds(self, iteration: int) -> list[int]:
         """Env seeds of an iteration: the members of group g share seed base + g."""
-        base = self.seed * 1_000_003 + iteration * self.cfg.num_groups
+        base = iteration_seed(self.seed, iteration, self.cfg.num_groups)
         return [base + g for g in range(self.cfg.num_groups) for _ in range(self.cfg.group_size)]
 
     @torch.no_grad()
     def collect(self, iteration: int) -> dict:
-        obs = self.envs.reset(seed=self.group_seeds(iteration))
-        act_steps = self.policy.config.act_steps
         active = np.ones(self.num_envs, dtype=bool)
         returns = np.zeros(self.num_envs)
         lengths = np.zeros(self.num_envs, dtype=np.int64)
@@ -238,10 +239,14 @@ class ChainPGLearner(OnPolicyLearner):
         steps: dict[str, list] = {"cond": [], "reward": [], "terminated": [], "truncated": [], "next_cond": []}
         if self.reward_scale:
             self.reward_scale.returns[:] = 0.0  # every episode starts at this iteration
-        for t in range(self.cfg.max_decisions):
-            cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+
+        def act(cond):
             chain = self.policy.sample(cond, self.sampler, self.K, self.generator)
-            out = self.envs.step(self.policy.env_actions(chain.actions)[:, :act_steps].cpu().numpy())
+            return chain.actions, chain
+
+        rollout = Rollout(self.policy, self.envs)
+        for step in rollout.decisions(self.group_seeds(iteration), act, self.cfg.max_decisions):
+            cond, chain, out = step.cond, step.record, step.out
             rows = torch.as_tensor(np.flatnonzero(active), device=self.device)
             conds.append(cond[rows])
             chains.append(chain.xs[rows])
@@ -250,16 +255,13 @@ class ChainPGLearner(OnPolicyLearner):
             returns[active] += out.reward[active]
             lengths[active] += out.env_steps[active]
             if self.critic is not None:  # [N] per step; rows of finished episodes are dropped after GAE
-                ended = out.terminated | out.truncated
                 steps["cond"].append(cond)
-                reward = self.reward_scale(out.reward, ended, active) if self.reward_scale else out.reward
+                reward = self.reward_scale(out.reward, out.done, active) if self.reward_scale else out.reward
                 steps["reward"].append(reward)
                 steps["terminated"].append(out.terminated)
-                steps["truncated"].append(out.truncated | (t == self.cfg.max_decisions - 1))
-                steps["next_cond"].append(self.policy.condition(
-                    torch.as_tensor(out.final_obs, dtype=torch.float32, device=self.device)))
-            active &= ~(out.terminated | out.truncated)
-            obs = out.obs
+                steps["truncated"].append(out.truncated | (step.t == self.cfg.max_decisions - 1))
+                steps["next_cond"].append(step.next_cond)
+            active &= ~out.done
             if not active.any():
                 break
         owner = torch.cat(owners)
@@ -271,8 +273,9 @@ class ChainPGLearner(OnPolicyLearner):
             advantages = group_advantages(torch.as_tensor(returns, dtype=torch.float32, device=self.device), group,
                                           self.cfg.adv_clip)
             self.batch["advantages"] = advantages[owner]
+        # one episode per env: the metrics count only the steps inside it
         return {"env_steps": int(lengths.sum()), "episode_returns": returns.tolist(),
-                "episode_lengths": lengths.tolist()}
+                "episode_lengths": lengths.tolist(), "env_s": rollout.env_s}
 
     def _gae(self, steps: dict[str, list], owners: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-decision GAE advantages (batch-normalized, clipped) and λ-returns, in the batch's row order:
@@ -288,9 +291,8 @@ class ChainPGLearner(OnPolicyLearner):
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         return advantages.clamp(-self.cfg.adv_clip, self.cfg.adv_clip), lambda_returns
 
-    def _critic_step(self, idx: torch.Tensor) -> float:
-        return value_regression_step(self.critic, self.critic, self.critic_opt, self.batch["cond"][idx],
-                                     self.batch["returns"][idx], self.cfg.max_grad_norm)
+    def value(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.critic(cond)
 
     # -- update ------------------------------------------------------------------------------------
     def update(self, iteration: int) -> dict:
@@ -323,56 +325,35 @@ class ChainPGLearner(OnPolicyLearner):
         self.actor_opt.step()
         out = {"losses/policy_loss": total, "charts/decisions": float(n), "losses/logprob_max_dev": max_dev}
         if self.critic is not None:  # the critic takes its minibatch steps on the same fresh batch
-            order = torch.randperm(n, generator=self.generator, device=self.generator.device).to(self.device)
-            out["losses/value_loss"] = float(np.mean([self._critic_step(order[start:start + c.minibatch_size])
-                                                      for start in range(0, n, c.minibatch_size)]))
+            out["losses/value_loss"] = float(np.mean([
+                self.critic_step({key: value[idx] for key, value in self.batch.items()})
+                for idx in minibatch_indices(n, c.minibatch_size, self.generator, self.device)]))
         return out
 
+    def _policy_terms(self, mb: dict) -> PolicyTerms:
+        """Per-step ratios (per-dimension means) over the trained steps, and the KL to the reference."""
+        x_next, mean, std = self.sampler.step_distributions(self.policy.model.model_fn(self.K), mb["cond"],
+                                                            mb["chains"], self.K)
+        new = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
+        # every per-step log-ratio (what the ratio uses) must be 0 on the first minibatch
+        deviation = (new - mb["log_probs"]) / self.D
+        terms = PolicyTerms(log_ratio=deviation[:, self.trained_steps], deviation=deviation)
+        if self.reference is not None:
+            with torch.no_grad():
+                _, ref_mean, _ = self.sampler.step_distributions(self.reference.model.model_fn(self.K), mb["cond"],
+                                                                 mb["chains"], self.K)
+            std_k = torch.as_tensor(std, dtype=mean.dtype).expand_as(mean).reshape(-1, self.K, self.D)
+            diff = (mean - ref_mean).reshape(-1, self.K, self.D)[:, self.trained_steps]
+            kl = (diff.square() / (2 * std_k[:, self.trained_steps].square())).mean()
+            terms.extra_losses.append(self.cfg.kl_coef * kl)
+            terms.stats["kl"] = kl.item()
+        return terms
+
     def _ppo_update(self, iteration: int) -> dict:
-        c = self.cfg
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "kl", "approx_kl", "clipfrac",
-                                                         "logprob_max_dev")}
-        model_fn = self.policy.model.model_fn(self.K)
-        n = self.batch["cond"].shape[0]
-        first = True
-        for _epoch in range(c.update_epochs):
-            order = torch.randperm(n, generator=self.generator, device=self.generator.device).to(self.device)
-            for start in range(0, n, c.minibatch_size):
-                idx = order[start:start + c.minibatch_size]
-                cond, chains = self.batch["cond"][idx], self.batch["chains"][idx]
-                old, adv = self.batch["log_probs"][idx], self.batch["advantages"][idx]
-                x_next, mean, std = self.sampler.step_distributions(model_fn, cond, chains, self.K)
-                new = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
-                if first:  # θ = θ_old here: every per-step log-ratio (what the ratio uses) must be 0
-                    stats["logprob_max_dev"].append(check_ratio_is_one(
-                        (new - old) / self.D, c.ratio_check_tol, iteration, "per-step chain log-probs"))
-                    first = False
-                std_k = torch.as_tensor(std, dtype=mean.dtype).expand_as(mean).reshape(-1, self.K, self.D)
-                trained = self.trained_steps
-                log_ratio = ((new - old) / self.D)[:, trained]
-                ratio = log_ratio.exp()
-                a = adv[:, None]
-                policy_loss = clipped_surrogate(ratio, a, c.clip_range)
-                loss = policy_loss
-                if self.reference is not None:
-                    with torch.no_grad():
-                        _, ref_mean, _ = self.sampler.step_distributions(self.reference.model.model_fn(self.K), cond,
-                                                                         chains, self.K)
-                    diff = (mean - ref_mean).reshape(-1, self.K, self.D)[:, trained]
-                    kl = (diff.square() / (2 * std_k[:, trained].square())).mean()
-                    loss = loss + c.kl_coef * kl
-                    stats["kl"].append(kl.item())
-                self.actor_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
-                self.actor_opt.step()
-                with torch.no_grad():
-                    stats["approx_kl"].append(((ratio - 1) - log_ratio).mean().item())
-                    stats["clipfrac"].append(((ratio - 1).abs() > c.clip_range).float().mean().item())
-                stats["policy_loss"].append(policy_loss.item())
-                if self.critic is not None:
-                    stats["value_loss"].append(self._critic_step(idx))
-        out = {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v and k != "clipfrac"}
-        out["charts/clipfrac"] = float(np.mean(stats["clipfrac"]))
-        out["charts/decisions"] = float(n)
+        stats, _ = ppo_epochs(self.cfg, iteration, self.batch, self._policy_terms, self.actor_opt,
+                              list(self.policy.parameters()), self.generator,
+                              ("logprob_max_dev", "per-step chain log-probs"),
+                              critic_step=self.critic_step if self.critic is not None else None)
+        out = summarize(stats)
+        out["charts/decisions"] = float(len(self.batch["cond"]))
         return out

@@ -61,6 +61,7 @@ from torch import nn
 
 from agents.critics import DoubleQ, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
+from agents.rollout import adopt_training_K, iteration_seed
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.config import ConfigError, param
@@ -170,7 +171,7 @@ class QSMLearner:
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
         pc = policy.config
-        self.K = config.K or pc.num_steps
+        self.K = adopt_training_K(policy, config.K)
         self.sampler = policy.make_sampler(K=self.K)  # deterministic: ODE / DDIM η = 0
         self.critic = DoubleQ(pc.cond_dim, pc.chunk_dim, list(config.critic_hidden), config.critic_activation)
         self.critic = self.critic.to(self.device)
@@ -218,7 +219,7 @@ class QSMLearner:
     # -- rollout -----------------------------------------------------------------------------------
     def collect(self, iteration: int) -> dict:
         return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, self.cfg.num_steps,
-                                   seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs,
+                                   seed=iteration_seed(self.seed, iteration, self.cfg.num_envs),
                                    exploration_noise=self.cfg.exploration_noise,
                                    reward_scale=self.cfg.reward_scale, generator=self.generator)
 

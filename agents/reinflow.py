@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
-from torch import nn
 
 from agents.buffers import RolloutBuffer
 from agents.ppo import (
     OnPolicyLearner,
+    PolicyTerms,
     RunningReturnScale,
-    check_ratio_is_one,
-    clipped_surrogate,
-    value_regression_step,
+    summarize,
     warn_if_rollouts_cut_episodes,
 )
+from agents.rollout import adopt_training_K
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.config import ConfigError, param
@@ -100,7 +97,7 @@ class ReinFlowLearner(OnPolicyLearner):
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
         pc = policy.config
-        self.K = config.K or pc.num_steps
+        self.K = adopt_training_K(policy, config.K)
         self.D = pc.chunk_dim
         self.noise = NoiseNet(pc.chunk_dim, pc.cond_dim, config.sigma_min, config.sigma_max,
                               hidden=tuple(config.noise_hidden)).to(self.device)
@@ -139,103 +136,48 @@ class ReinFlowLearner(OnPolicyLearner):
             self.noise.set_bounds(c.sigma_min, c.sigma_max + (c.sigma_max_end - c.sigma_max) * progress)
 
     # -- rollout ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def collect(self, iteration: int) -> dict:
         self._schedule(iteration)
-        obs = self.envs.reset(seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs)
-        if self.reward_scale:
-            self.reward_scale.returns[:] = 0.0  # episodes restart at every iteration
-        self.buffer.reset()
-        act_steps = self.policy.config.act_steps
-        episode_returns, episode_lengths, env_steps, env_seconds = [], [], 0, 0.0
-        while not self.buffer.full:
-            cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+
+        def act(cond):
             chain = self.policy.sample(cond, self.sampler, self.K, self.generator)
-            actions = self.policy.env_actions(chain.actions)[:, :act_steps].cpu().numpy()
-            tick = time.perf_counter()
-            out = self.envs.step(actions)
-            env_seconds += time.perf_counter() - tick
-            rewards = self.reward_scale(out.reward, out.done) if self.reward_scale else out.reward
-            next_cond = self.policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=self.device))
-            # the rollout's last decision is cut by the iteration boundary: bootstrap it like a truncation
-            truncated = out.truncated | (self.buffer.step == self.buffer.T - 1)
-            self.buffer.add(cond, chain.xs, chain.log_probs, self.value(cond), rewards, out.terminated, truncated,
-                            next_cond)
-            episode_returns += out.episode_returns
-            episode_lengths += out.episode_lengths
-            env_steps += int(out.env_steps.sum())
-            obs = out.obs
-        self.buffer.finish(self.value, self.cfg.gamma, self.cfg.gae_lambda)
-        return {"env_steps": env_steps, "episode_returns": episode_returns, "episode_lengths": episode_lengths,
-                "env_s": env_seconds}
+            return chain.actions, {"chain_xs": chain.xs, "log_probs": chain.log_probs}
+
+        return self.collect_into_buffer(iteration, act)
 
     # -- update -----------------------------------------------------------------------------------
     def _reduce(self, step_log_probs: torch.Tensor) -> torch.Tensor:
         total = step_log_probs.sum(-1)
         return total / (self.K * self.D) if self.cfg.logprob_reduction == "mean" else total
 
-    def update(self, iteration: int) -> dict:
+    def _policy_terms(self, mb: dict) -> PolicyTerms:
+        """The chain's likelihood ratio, the noise-entropy bonus and the BC regularizer."""
         c = self.cfg
-        actor_active = iteration >= c.critic_warmup_iterations
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
-                                                         "clipfrac", "bc_loss", "logprob_max_dev")}
-        first = True
-        stop = False
-        # normalize advantages once over the whole rollout (a per-minibatch std is undefined for one row)
-        adv_all = self.buffer.advantages
-        self.buffer.advantages = (adv_all - adv_all.mean()) / (adv_all.std() + 1e-8)
-        for _epoch in range(c.update_epochs):
-            for mb in self.buffer.minibatches(c.minibatch_size, self.generator):
-                stats["value_loss"].append(value_regression_step(self.value, self.critic, self.critic_opt, mb["cond"],
-                                                                 mb["returns"], c.max_grad_norm))
-                if not actor_active:
-                    continue
+        x_next, mean, std = self.sampler.step_distributions(self.policy.model.model_fn(self.K), mb["cond"],
+                                                            mb["chains"], self.K)
+        step_log_probs = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
+        entropy = std.log().mean()  # Gaussian entropy per dimension, up to a constant
+        terms = PolicyTerms(log_ratio=self._reduce(step_log_probs) - self._reduce(mb["log_probs"]),
+                            deviation=step_log_probs - mb["log_probs"], extra_losses=[-(c.ent_coef * entropy)],
+                            stats={"entropy": entropy.item()})
+        if self.reference is not None:
+            with torch.no_grad():
+                target = self.reference.sample(mb["cond"], K=self.K, generator=self.generator).actions
+            bc_loss = self.policy.bc_loss(mb["cond"], target, generator=self.generator)
+            terms.extra_losses.append(c.bc_coef * bc_loss)
+            terms.stats["bc_loss"] = bc_loss.item()
+        return terms
 
-                x_next, mean, std = self.sampler.step_distributions(self.policy.model.model_fn(self.K), mb["cond"],
-                                                                    mb["chains"], self.K)
-                step_log_probs = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
-                if first:  # θ = θ_old here: every recomputed step log-prob must equal the rollout's
-                    stats["logprob_max_dev"].append(check_ratio_is_one(
-                        step_log_probs - mb["log_probs"], c.ratio_check_tol, iteration, "chain log-probs"))
-                    first = False
-                log_ratio = self._reduce(step_log_probs) - self._reduce(mb["log_probs"])
-                ratio = log_ratio.exp()
-                adv = mb["advantages"]
-                policy_loss = clipped_surrogate(ratio, adv, c.clip_range)
-                entropy = std.log().mean()  # Gaussian entropy per dimension, up to a constant
-                loss = policy_loss - c.ent_coef * entropy
-                if self.reference is not None:
-                    with torch.no_grad():
-                        target = self.reference.sample(mb["cond"], K=self.K, generator=self.generator).actions
-                    bc_loss = self.policy.bc_loss(mb["cond"], target, generator=self.generator)
-                    loss = loss + c.bc_coef * bc_loss
-                    stats["bc_loss"].append(bc_loss.item())
-                self.actor_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(list(self.policy.parameters()) + list(self.noise.parameters()),
-                                         c.max_grad_norm)
-                self.actor_opt.step()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean().item()
-                stats["policy_loss"].append(policy_loss.item())
-                stats["entropy"].append(entropy.item())
-                stats["approx_kl"].append(approx_kl)
-                stats["clipfrac"].append(((ratio - 1).abs() > c.clip_range).float().mean().item())
-                if c.target_kl is not None and approx_kl > c.target_kl:
-                    stop = True
-                    break
-            if stop:
-                break
-
+    def update(self, iteration: int) -> dict:
+        params = list(self.policy.parameters()) + list(self.noise.parameters())
+        stats, stop = self.update_from_buffer(iteration, self._policy_terms, params,
+                                              ("logprob_max_dev", "chain log-probs"))
         values, returns = self.buffer.values.flatten(), self.buffer.returns.flatten()
         explained = 1 - (returns - values).var() / (returns.var() + 1e-8)
-        out = {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v and k not in ("clipfrac",)}
-        if stats["clipfrac"]:
-            out["charts/clipfrac"] = float(np.mean(stats["clipfrac"]))
+        out = summarize(stats)
         out["losses/explained_variance"] = explained.item()
-        out["charts/noise_std"] = math.exp(stats["entropy"][-1]) if stats["entropy"] else float("nan")
+        if stats["entropy"]:
+            out["charts/noise_std"] = math.exp(stats["entropy"][-1])
         out["charts/actor_lr"] = self.actor_opt.param_groups[0]["lr"]
         out["charts/kl_early_stop"] = float(stop)
-        if not stats["entropy"]:
-            out.pop("charts/noise_std")
         return out
