@@ -328,7 +328,14 @@ def list_snapshots(expert_dir: str | Path) -> list[Path]:
 
 def record_episodes(model, env_id: str, episodes: int, seed: int, deterministic: bool = False,
                     progress: bool = True) -> list[Episode]:
-    """Roll out an SB3 model for ``episodes`` episodes (episode i reset with ``seed + i``)."""
+    """Roll out an SB3 model for ``episodes`` episodes (episode i reset with ``seed + i``; SAC's action noise
+    drawn from a torch generator seeded with ``seed``, so the same seed gives the same episodes)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _record(model, env_id, episodes, seed, deterministic, progress)
+
+
+def _record(model, env_id: str, episodes: int, seed: int, deterministic: bool, progress: bool) -> list[Episode]:
     env = gym.make(env_id)
     out = []
     bar = Progress(episodes, f"record {env_id}", "episodes", enabled=progress)
