@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--quality", choices=["medium", "expert"], default="medium", help="default medium")
     co.add_argument("--episodes", type=int, default=50, help="episodes to record, >= 1 (default 50)")
     co.add_argument("--seed", type=int, default=0, help="episode i is reset with SEED+i, >= 0 (default 0)")
+    co.add_argument("--demonstrator", choices=["sac"], default="sac",
+                    help="who demonstrates: a SAC expert (default; suite oracles and scripted demonstrators "
+                         "for manipulation tasks are not implemented yet)")
     co.add_argument("--dataset-id", default=None,
                     help="Minari id of the dataset (default flowpolicy/<task>-<quality>-v0, e.g. "
                          "flowpolicy/hopper-medium-v0)")

@@ -38,6 +38,7 @@ from pretrain.expert import (
     MODEL_FILE,
     SB3_ZIP,
     ExpertConfig,
+    Progress,
     list_snapshots,
     load_sac,
     record_episodes,
@@ -144,7 +145,7 @@ def _refuse_existing(target: Path, overwrite: bool) -> None:
 
 def choose_demonstrator(expert_dir: Path, quality: str, medium_fraction: float, expert_return: float,
                         random_return: float, env_id: str, probe_episodes: int = 5,
-                        seed: int = 50_000) -> tuple[Path, float | None, dict]:
+                        seed: int = 50_000, progress: bool = False) -> tuple[Path, float | None, dict]:
     """The expert, or for ``medium`` the training snapshot whose *stochastic* return (what the dataset will
     hold; SAC's deterministic and stochastic returns can differ by 2×) has the expert fraction closest to
     ``medium_fraction``. Returns the path, its probe fraction (None for the expert) and the probe returns
@@ -155,10 +156,13 @@ def choose_demonstrator(expert_dir: Path, quality: str, medium_fraction: float, 
     if not snapshots:
         raise CollectError(f"{expert_dir}: no training snapshots to pick a medium policy from")
     probes = {}
+    bar = Progress(len(snapshots), f"probe {expert_dir.name} snapshots for medium", "snapshots", enabled=progress)
     for path in snapshots:
         episodes = record_episodes(load_sac(path), env_id, probe_episodes, seed, progress=False)
         ret = float(episode_returns(episodes).mean())
         probes[path.name] = {"return": ret, "fraction": expert_fraction(ret, random_return, expert_return)}
+        bar.update(1, postfix=f"{path.name}: fraction {probes[path.name]['fraction']:.2f}")
+    bar.close()
     best = min(snapshots, key=lambda p: abs(probes[p.name]["fraction"] - medium_fraction))
     return best, probes[best.name]["fraction"], probes
 
@@ -223,7 +227,7 @@ def collect(env_id: str, out: str | Path, quality: str = "medium", episodes: int
     expert_fraction(expert_return, random_return, expert_return)  # the scale exists
 
     demonstrator, probe_fraction, probes = choose_demonstrator(expert_dir, quality, medium_fraction, expert_return,
-                                                              random_return, env_id)
+                                                              random_return, env_id, progress=progress)
     label = quality
     if probe_fraction is not None and abs(probe_fraction - medium_fraction) > tolerance:
         label = quality_label(probe_fraction)
