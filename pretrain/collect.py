@@ -3,8 +3,9 @@
 1. Find the expert (see :mod:`pretrain.expert` for its pickle-free files): ``--expert-dir`` if given;
    else the expert shipped with this checkout in ``data/experts/<env_id>`` (reused read-only, never
    written); else ``<out>/experts/<env_id>``, where a SAC expert is trained (``expert_steps`` env steps,
-   a snapshot every ``snapshot_every``) when none is there yet, and reused by later commands. Nothing is
-   ever written inside the repository or the installed package unless the user points there.
+   a snapshot every ``snapshot_every``; SAC starts learning after min(10,000, budget / 3) random steps)
+   when none is there yet, and reused by later commands; an unfinished training there is resumed. Nothing
+   is ever written inside the repository or the installed package unless the user points there.
 2. Pick the demonstrator: ``quality=expert`` is the expert; ``quality=medium`` is the training snapshot
    whose stochastic return (5 probe episodes) is closest to ``medium_fraction`` (default 0.4) of the
    expert's — D4RL's "medium", a partially trained policy. Returns are compared as the *expert fraction*
@@ -234,7 +235,8 @@ def collect(env_id: str, out: str | Path, quality: str = "medium", episodes: int
         new_id = explicit_id or default_dataset_id(env_id, label)
         _warn(f"no snapshot in {expert_dir} reaches the requested fraction {medium_fraction:.2f} ± {tolerance:.2f} "
               f"of expert return; the closest ({demonstrator.name}) reaches {probe_fraction:.2f}, so the dataset "
-              f"is {new_id}, not medium (train the expert with a smaller --snapshot-every for more choice)")
+              f"is {new_id}, not medium (an expert trained with a smaller --snapshot-every into a new --expert-dir "
+              f"gives more snapshots to choose from)")
         if new_id != target_id:
             target_id = new_id
             _refuse_existing(out / target_id, overwrite)

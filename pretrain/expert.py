@@ -309,6 +309,12 @@ def load_sac(path: str | Path, env=None, device: str = "cpu", training_state: bo
     return model
 
 
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def snapshot_path(expert_dir: str | Path, steps: int) -> Path:
     return Path(expert_dir) / SNAPSHOT_DIR / f"sac_{steps}.safetensors"
 
@@ -462,7 +468,7 @@ def finalize_expert(env_id: str, out_dir: str | Path, info: dict | None = None, 
               "expert_env_steps": int(final_meta["num_timesteps"]),
               "candidates": {p.name: round(m, 1) for m, _, p in scored},
               "eval_return_mean": mean, "eval_return_std": std, "eval_episodes": 10}
-    (out / INFO_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out / INFO_FILE, result)
     return result
 
 
@@ -520,7 +526,7 @@ def convert_directory(expert_dir: str | Path, remove: bool = False) -> dict[str,
         info["converted"] = (f"{SB3_ZIP} and {SNAPSHOT_DIR}/*.zip converted to {MODEL_FILE} and "
                              f"{SNAPSHOT_DIR}/*.safetensors by python -m pretrain.expert --convert (identical "
                              f"deterministic actions); file names above are those of the training run")
-        info_path.write_text(json.dumps(info, indent=2) + "\n")
+        write_json_atomic(info_path, info)
     return results
 
 
