@@ -109,16 +109,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     """Train (or reuse) a SAC expert for ENV_ID and record a Minari dataset of medium or expert quality
-    with reference scores. The expert lives in --expert-dir (default data/experts/ENV_ID) and is reused
-    when present."""
+    with reference scores, as OUT/DATASET_ID (default flowpolicy/<task>-<quality>-v0).
+
+    Expert: --expert-dir if given; else the expert shipped in this checkout's data/experts/ENV_ID
+    (Hopper, Walker2d, HalfCheetah, Ant; reused read-only); else OUT/experts/ENV_ID, where one is trained
+    (--expert-steps env steps; hours on a CPU) unless a previous command left it there. Experts are
+    safetensors + JSON, loaded without unpickling (see data/README.md).
+
+    Quality is measured as the expert fraction (R - R_random) / (R_expert - R_random). "medium" is the
+    training snapshot closest to --medium-fraction; when none is within +-0.15 a warning names the fraction
+    reached and the default dataset id says it (e.g. flowpolicy/hopper-frac97-v0 for 97 % of expert).
+    An existing dataset is never replaced without --overwrite."""
     from pretrain.collect import collect
 
     result = collect(args.env, args.out, quality=args.quality, episodes=args.episodes, seed=args.seed,
-                     expert_dir=args.expert_dir, expert_steps=args.expert_steps,
-                     medium_fraction=args.medium_fraction)
+                     expert_dir=args.expert_dir, expert_steps=args.expert_steps, snapshot_every=args.snapshot_every,
+                     medium_fraction=args.medium_fraction, dataset_id=args.dataset_id, overwrite=args.overwrite)
     print(f"{result.dataset_dir}: {result.episodes} {result.quality} episodes, {result.env_steps} env steps, "
-          f"return {result.return_mean:.1f} ± {result.return_std:.1f} (expert {result.expert_return:.1f}, "
-          f"random {result.random_return:.1f}; demonstrator {result.demonstrator}; {result.wall_s:.0f} s)")
+          f"return {result.return_mean:.1f} ± {result.return_std:.1f} = {result.fraction:.2f} of expert "
+          f"(expert {result.expert_return:.1f}, random {result.random_return:.1f}; demonstrator "
+          f"{result.demonstrator} in {result.expert_dir}; {result.wall_s:.0f} s)")
     return 0
 
 
@@ -228,17 +238,38 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the full description as JSON")
     info.set_defaults(func=cmd_info)
 
+    from inspect import cleandoc
+
+    from pretrain.collect import DEFAULT_MEDIUM_FRACTION
+    from pretrain.expert import ExpertConfig
+
     co = sub.add_parser("collect", help="train/reuse an expert and record a Minari dataset",
-                        description=cmd_collect.__doc__)
+                        description=cleandoc(cmd_collect.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     co.add_argument("--env", required=True, help="gymnasium env id, e.g. Hopper-v5")
-    co.add_argument("--out", required=True, help="directory to write the Minari dataset under")
+    co.add_argument("--out", required=True, help="directory to write the Minari dataset (and a trained expert) under")
     co.add_argument("--quality", choices=["medium", "expert"], default="medium", help="default medium")
-    co.add_argument("--episodes", type=int, default=50, help="episodes to record (default 50)")
-    co.add_argument("--seed", type=int, default=0, help="episode i is reset with SEED+i (default 0)")
-    co.add_argument("--expert-dir", default=None, help="expert directory (default data/experts/ENV_ID)")
-    co.add_argument("--expert-steps", type=int, default=300_000, help="SAC budget if an expert must be trained")
-    co.add_argument("--medium-fraction", type=float, default=0.4,
-                    help="medium = the snapshot closest to this fraction of expert return (default 0.4)")
+    co.add_argument("--episodes", type=int, default=50, help="episodes to record, >= 1 (default 50)")
+    co.add_argument("--seed", type=int, default=0, help="episode i is reset with SEED+i, >= 0 (default 0)")
+    co.add_argument("--demonstrator", choices=["sac"], default="sac",
+                    help="who demonstrates: a SAC expert (default; suite oracles and scripted demonstrators "
+                         "for manipulation tasks are not implemented yet)")
+    co.add_argument("--dataset-id", default=None,
+                    help="Minari id of the dataset (default flowpolicy/<task>-<quality>-v0, e.g. "
+                         "flowpolicy/hopper-medium-v0)")
+    co.add_argument("--overwrite", action="store_true",
+                    help="replace an existing dataset of the same id (refused otherwise)")
+    co.add_argument("--expert-dir", default=None,
+                    help="expert directory (default: the shipped data/experts/ENV_ID, reused read-only, "
+                         "else OUT/experts/ENV_ID)")
+    co.add_argument("--expert-steps", type=int, default=ExpertConfig.total_steps,
+                    help=f"SAC budget in env steps when an expert must be trained, >= 1 "
+                         f"(default {ExpertConfig.total_steps:,}: about 75 min for Hopper on one CPU core)")
+    co.add_argument("--snapshot-every", type=int, default=ExpertConfig.eval_every,
+                    help=f"when training: evaluate and keep a snapshot every N env steps; medium is picked "
+                         f"among them (default {ExpertConfig.eval_every:,})")
+    co.add_argument("--medium-fraction", type=float, default=DEFAULT_MEDIUM_FRACTION,
+                    help=f"medium = the snapshot closest to this expert fraction (R - R_random) / "
+                         f"(R_expert - R_random), in (0, 1) (default {DEFAULT_MEDIUM_FRACTION})")
     co.set_defaults(func=cmd_collect)
 
     pt = sub.add_parser("pretrain", help="behavior-clone a policy from demonstrations",
