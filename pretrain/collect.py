@@ -33,6 +33,7 @@ from pathlib import Path
 
 from envs.evaluation import random_policy_return
 from envs.registry import get_task
+from flowpolicy.config import ConfigError
 from pretrain.datasets import _check_minari_dataset_id, episode_returns, write_minari_dataset
 from pretrain.expert import (
     INFO_FILE,
@@ -51,7 +52,7 @@ DEFAULT_MEDIUM_FRACTION = 0.4
 DEFAULT_TOLERANCE = 0.15
 
 
-class CollectError(ValueError):
+class CollectError(ConfigError):
     """A bad ``collect`` request, phrased for the user in one line."""
 
 
