@@ -157,6 +157,31 @@ def _ensure_offscreen_gl() -> None:
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
+def _render_problem(env, env_id: str) -> str | None:
+    """Render one frame; on failure (no usable OpenGL: an environment problem) a one-line description.
+    A half-made MuJoCo viewer complains from ``__del__``; that noise is muted, the line says it all."""
+    import gc
+    import sys
+
+    hook, problem = sys.unraisablehook, None
+    sys.unraisablehook = lambda *_: None
+    try:
+        try:
+            env.render()
+        except Exception as err:  # noqa: BLE001 - any failure of the first frame means no rendering here
+            problem = (f"{env_id}: cannot render offscreen (MUJOCO_GL={os.environ.get('MUJOCO_GL')}): "
+                       f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
+        if problem is not None:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001 - closing a half-made renderer
+                pass
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    return problem
+
+
 def record_video(agent, env_id: str, path: str | Path, seed: int = 0, max_steps: int | None = None,
                  fps: int = 30, width: int = 320, height: int = 240) -> tuple[Path, float, int]:
     """Roll out one episode with offscreen MuJoCo rendering into an mp4 at about ``fps`` frames/s of
@@ -170,6 +195,10 @@ def record_video(agent, env_id: str, path: str | Path, seed: int = 0, max_steps:
     env = make_env(env_id, render_mode="rgb_array", width=width, height=height)
     sim_fps = env.metadata.get("render_fps") or fps
     every = max(1, round(sim_fps / fps))
+    obs, _ = env.reset(seed=seed)
+    problem = _render_problem(env, env_id)
+    if problem is not None:
+        raise EvaluationError(problem)
     obs, _ = env.reset(seed=seed)
     agent.reset()
     if hasattr(agent, "seed_episodes"):  # the same noise as episode 0 of evaluate_agent(..., seed=seed)
