@@ -93,6 +93,7 @@ class QSMConfig:
     max_grad_norm: float = 10.0
     dataset: str | None = None  # seed the replay buffer with this demonstration dataset (Minari dir or .hdf5)
     bc_coeff: float = 0.0  # weight of a BC loss on demonstration batches in the actor loss (needs dataset)
+    allow_env_mismatch: bool = False  # accept a dataset recorded on another env id (deliberate cross-env use)
 
 
 GRAD_AT = ("noised", "denoised", "clean")
@@ -179,7 +180,8 @@ class QSMLearner:
             raise ValueError("bc_coeff > 0 needs algo.dataset (the demonstrations the BC term imitates)")
         self.demos = None  # the demonstrations apart, for the BC term
         if config.dataset:
-            demos = demonstration_transitions(self.policy, config.dataset, config.reward_scale)
+            demos = demonstration_transitions(self.policy, config.dataset, config.reward_scale, env_id,
+                                              config.allow_env_mismatch)
             self.replay.add(**demos)
             if config.bc_coeff:
                 self.demos = ReplayBuffer(len(demos["cond"]), pc.cond_dim, pc.chunk_dim, self.device)

@@ -167,11 +167,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Behavior-clone a flow, shortcut or diffusion policy from a demonstration dataset. Settings come
-    from the YAML config and dotted key=value overrides (e.g. train.steps=2000 policy.kind=shortcut)."""
+    from the YAML config and dotted key=value overrides (e.g. train.steps=2000 policy.kind=shortcut).
+    An existing, non-empty output directory is refused unless --overwrite; a dataset recorded on another
+    env is refused unless allow_env_mismatch=true."""
     from flowpolicy.config import load_config
     from pretrain.bc import PretrainConfig, pretrain
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
+    if args.overwrite:
+        cfg.overwrite = True
     summary = pretrain(cfg)
     ev = summary["eval"]
     line = f"{summary['policy']}: {summary['kind']} BC on {summary['dataset']} in {summary['wall_s']:.0f} s"
@@ -242,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="behavior-clone a policy from demonstrations",
                         description=cmd_pretrain.__doc__)
     pt.add_argument("--config", required=True, help="YAML config, e.g. configs/hopper/pretrain.yaml")
+    pt.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier run in the output directory (same as overwrite=true)")
     pt.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     pt.set_defaults(func=cmd_pretrain)
 

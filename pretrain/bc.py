@@ -11,6 +11,13 @@ logged to TensorBoard; the run directory ends up with::
     checkpoints/step_N/  periodic EMA snapshots
     events.out.tfevents* TensorBoard scalars (losses/bc_loss, losses/val_loss, charts/eval_return, ...)
     summary.json         final validation loss, evaluation return ± std, normalized score, wall time
+
+A run never replaces an earlier one: an ``out`` that exists and is not empty is refused unless
+``overwrite: true`` (``flowpolicy pretrain --overwrite``); then the earlier run's outputs are removed only
+after the config, env and dataset checks have passed, so a failing start changes nothing. The dataset must
+have been recorded on ``env_id`` (checked by env id, not only by shape) unless ``allow_env_mismatch: true``.
+The evaluations use the run's ``seed`` as evaluation seed (episode k reset with ``seed + k``), so
+``flowpolicy evaluate --checkpoint OUT/policy --seed SEED --episodes EVAL_EPISODES`` reports the same return.
 """
 
 from __future__ import annotations
@@ -28,12 +35,13 @@ from tqdm import tqdm
 
 from envs.evaluation import evaluate_agent
 from envs.registry import get_task
-from flowpolicy.agent import Agent
+from flowpolicy.agent import Agent, check_device
 from flowpolicy.checkpoint import atomic_write_json, save_policy
 from flowpolicy.config import ConfigError, from_dict
 from flowpolicy.normalizers import ActionNormalizer, ObservationNormalizer
 from flowpolicy.policy import Policy, PolicyConfig
 from pretrain.datasets import (
+    check_dataset_env,
     check_matches_env,
     episode_returns,
     load_minari_dataset,
@@ -59,6 +67,28 @@ class BCTrainConfig:
     checkpoint_every: int = 5000  # 0: only the final policy
     log_every: int = 100
 
+    def __post_init__(self):
+        _require(self, "train", {
+            "steps": (lambda v: v >= 1, "≥ 1"), "batch_size": (lambda v: v >= 1, "≥ 1"),
+            "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, "≥ 0"),
+            "warmup_steps": (lambda v: v >= 0, "≥ 0"), "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "grad_clip": (lambda v: v > 0, "> 0"), "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "val_every": (lambda v: v >= 1, "≥ 1"), "eval_every": (lambda v: v >= 0, "≥ 0 (0: only at the end)"),
+            "eval_episodes": (lambda v: v >= 0, "≥ 0 (0: no evaluation)"),
+            "checkpoint_every": (lambda v: v >= 0, "≥ 0 (0: only the final policy)"),
+            "log_every": (lambda v: v >= 1, "≥ 1"),
+        })
+
+
+def _require(cfg, prefix: str, rules: dict) -> None:
+    """One-line :class:`ConfigError` naming the dotted key of the first value outside its range (NaN and
+    infinities are out of every range)."""
+    for name, (ok, allowed) in rules.items():
+        value = getattr(cfg, name)
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if not numeric or not math.isfinite(value) or not ok(value):
+            raise ConfigError(f"{prefix}.{name} must be {allowed}, got {value!r}".removeprefix("."))
+
 
 @dataclass
 class PretrainConfig:
@@ -74,15 +104,37 @@ class PretrainConfig:
     torch_threads: int = 0  # 0: leave torch's default
     policy: dict = field(default_factory=dict)
     train: BCTrainConfig = field(default_factory=BCTrainConfig)
+    allow_env_mismatch: bool = False  # accept a dataset recorded on another env id (deliberate cross-env use)
+    overwrite: bool = False  # replace the outputs of an earlier run in ``out`` (default: refuse)
+
+    def __post_init__(self):
+        _require(self, "", {"seed": (lambda v: v >= 0, "≥ 0"), "torch_threads": (lambda v: v >= 0, "≥ 0")})
+        for key in ("env_id", "out", "device"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise ConfigError(f"{key} must be a non-empty string, got {getattr(self, key)!r}")
 
 
-def load_demonstrations(source: str, data_dir: str | None = None):
-    """Episodes and metadata from a Minari dataset (id or directory) or a robomimic-layout hdf5 file."""
+def load_demonstrations(source: str, data_dir: str | None = None, env_id: str | None = None,
+                        obs_dim: int | None = None, action_dim: int | None = None,
+                        allow_env_mismatch: bool = False, override_key: str = "allow_env_mismatch"):
+    """Episodes and metadata from a Minari dataset (id or directory) or a robomimic-layout hdf5 file.
+
+    With ``env_id``: the env id the dataset records (Minari's ``env_spec``, or robomimic's
+    ``env_args["env_name"]``) must name that env — a one-line :class:`DatasetError` otherwise, even when
+    the dimensions agree, unless ``allow_env_mismatch``. With ``obs_dim``/``action_dim``: every episode
+    must have those sizes (checked whatever ``allow_env_mismatch`` says)."""
     if not source:
         raise ConfigError("dataset: no dataset given (a Minari dataset directory or id, or a .hdf5 file)")
     if source.endswith((".hdf5", ".h5")):
-        return read_robomimic_hdf5(source)
-    return load_minari_dataset(source, data_dir)
+        episodes, meta = read_robomimic_hdf5(source)
+    else:
+        episodes, meta = load_minari_dataset(source, data_dir)
+    if env_id is not None:
+        check_dataset_env(meta.get("env_id"), env_id, f"dataset {source}", allow_env_mismatch,
+                          f"{override_key}: true")
+        if obs_dim is not None and action_dim is not None:
+            check_matches_env(episodes, obs_dim, action_dim, f"dataset {source}", env_id)
+    return episodes, meta
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -106,24 +158,46 @@ def _mean_loss(policy: Policy, cond: torch.Tensor, x: torch.Tensor, batch: int, 
     return float(sum(losses) / len(cond))
 
 
+def _remove_run_outputs(out: Path) -> None:
+    """Delete what a pretrain run writes into ``out`` (policy/, checkpoints/, summary.json, event files)."""
+    import shutil
+
+    for child in out.iterdir():
+        if child.name in ("policy", "checkpoints") and child.is_dir():
+            shutil.rmtree(child)
+        elif child.name == "summary.json" or child.name.startswith("events.out.tfevents"):
+            child.unlink()
+
+
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     """Run behavior cloning as configured; returns the summary (also written to ``out/summary.json``)."""
     from torch.utils.tensorboard import SummaryWriter
 
     start = time.time()
+    out = Path(cfg.out)
+    tc = cfg.train
+    # Everything that can fail on bad input is checked before anything is written.
+    check_device(cfg.device)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} exists and is not a directory")
+    previous = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if previous and not cfg.overwrite:
+        raise ConfigError(f"out: {out} already holds a run ({', '.join(previous[:3])}"
+                          f"{', …' if len(previous) > 3 else ''}); choose another out, or pass --overwrite "
+                          f"(overwrite=true) to replace it")
+    task = get_task(cfg.env_id)
+    episodes, data_meta = load_demonstrations(cfg.dataset, cfg.data_dir, env_id=cfg.env_id, obs_dim=task.obs_dim,
+                                              action_dim=task.action_dim,
+                                              allow_env_mismatch=cfg.allow_env_mismatch)
+    policy_cfg = from_dict(PolicyConfig, {**cfg.policy, "obs_dim": task.obs_dim, "action_dim": task.action_dim},
+                           prefix="policy")
+    if previous:  # overwrite=true and the checks passed: clear the earlier run's outputs
+        _remove_run_outputs(out)
     torch.manual_seed(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    tc = cfg.train
-
-    episodes, data_meta = load_demonstrations(cfg.dataset, cfg.data_dir)
-    task = get_task(cfg.env_id)
-    check_matches_env(episodes, task.obs_dim, task.action_dim, cfg.dataset, cfg.env_id)
     train_eps, val_eps = split_episodes(episodes, tc.val_fraction, cfg.seed)
-    policy_cfg = from_dict(PolicyConfig, {**cfg.policy, "obs_dim": task.obs_dim, "action_dim": task.action_dim},
-                           prefix="policy")
     train_obs = np.concatenate([e.observations for e in train_eps])
     train_act = np.concatenate([e.actions for e in train_eps])
     policy = Policy(policy_cfg, ObservationNormalizer.fit(train_obs), ActionNormalizer.fit(train_act)).to(cfg.device)
@@ -147,7 +221,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
                 "bc_steps": tc.steps, "seed": cfg.seed}
 
     def evaluate(step: int) -> dict:
-        result = evaluate_agent(Agent(ema, seed=cfg.seed), cfg.env_id, tc.eval_episodes, seed=10_000 + cfg.seed)
+        # the evaluation seed is the run's seed: `flowpolicy evaluate --seed SEED` gives the same number
+        result = evaluate_agent(Agent(ema, seed=cfg.seed), cfg.env_id, tc.eval_episodes, seed=cfg.seed)
         writer.add_scalar("charts/eval_return", result.return_mean, step)
         if result.normalized_score is not None:
             writer.add_scalar("charts/normalized_score", result.normalized_score, step)
