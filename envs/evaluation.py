@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,7 +168,9 @@ def _render_problem(env, env_id: str) -> str | None:
     sys.unraisablehook = lambda *_: None
     try:
         try:
-            env.render()
+            frame = env.render()
+            if not isinstance(frame, np.ndarray) or frame.ndim != 3:
+                problem = f"{env_id}: render() gives no rgb_array frames (got {type(frame).__name__})"
         except Exception as err:  # noqa: BLE001 - any failure of the first frame means no rendering here
             problem = (f"{env_id}: cannot render offscreen (MUJOCO_GL={os.environ.get('MUJOCO_GL')}): "
                        f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
@@ -192,7 +195,16 @@ def record_video(agent, env_id: str, path: str | Path, seed: int = 0, max_steps:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    env = make_env(env_id, render_mode="rgb_array", width=width, height=height)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*render_mode")  # said below, in one line, if it matters
+        try:
+            env = make_env(env_id, render_mode="rgb_array", width=width, height=height)
+        except TypeError:  # not a MuJoCo env: it takes no frame size
+            try:
+                env = make_env(env_id, render_mode="rgb_array")
+            except TypeError as err:
+                raise EvaluationError(f"{env_id}: cannot be made with render_mode='rgb_array' "
+                                      f"({' '.join(str(err).split())[:200]})") from None
     sim_fps = env.metadata.get("render_fps") or fps
     every = max(1, round(sim_fps / fps))
     obs, _ = env.reset(seed=seed)

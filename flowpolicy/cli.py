@@ -134,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             video, video_return, frames = record_video(agent, env_id, target, seed=args.seed)
             summary.update(video=str(video), video_return=video_return, video_frames=frames)
-        except (OSError, EvaluationError) as err:  # the evaluation itself stands: print it, then fail
+        except (OSError, ImportError, RuntimeError, EvaluationError) as err:  # the evaluation stands: print it
             video_error = f"--video: cannot write {target}: {' '.join(str(err).split())}"
     if args.json:
         print(json.dumps(summary))

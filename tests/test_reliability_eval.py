@@ -337,3 +337,9 @@ def test_pretrain_final_evaluation_equals_the_evaluate_command(cheetah_world, tm
     result = json.loads(out.stdout)
     assert result["returns"] == summary["eval"]["returns"]
     assert result["return_mean"] == summary["eval"]["return_mean"]
+
+
+def test_a_failing_video_prints_the_result_first_then_one_line(tiny_checkpoint, tmp_path):
+    out = flowpolicy("evaluate", "--checkpoint", tiny_checkpoint, "--episodes", 2, "--json", "--video", tmp_path)
+    assert_one_line_error(out, "--video: cannot write", "render_mode='rgb_array'")  # TinyEnv cannot render
+    assert json.loads(out.stdout)["episodes"] == 2  # the evaluation result was printed anyway
