@@ -61,8 +61,9 @@ class EvalResult:
                "return_std": self.return_std, "return_sem": self.return_sem,
                "length_mean": float(np.mean(self.lengths)),
                "returns": [float(r) for r in self.returns], "lengths": [int(n) for n in self.lengths]}
-        if self.normalized_score is not None:
-            out["normalized_score"] = self.normalized_score
+        score = self.normalized_score  # (reads the task once: a non-registered id means making the env)
+        if score is not None:
+            out["normalized_score"] = score
         return out
 
 

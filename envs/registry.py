@@ -31,8 +31,9 @@ from dataclasses import dataclass
 import gymnasium as gym
 
 
-class EnvError(ValueError):
-    """An env id that cannot be made, or an env that flowpolicy cannot use; phrased for the user in one line."""
+class EnvError(gym.error.Error, ValueError):
+    """An env id that cannot be made, or an env that flowpolicy cannot use; phrased for the user in one line.
+    A gymnasium error (what the CLI prints as one line) and a ``ValueError``."""
 
 
 @dataclass(frozen=True)
