@@ -18,8 +18,6 @@ undiscounted inside the chunk, see :mod:`envs.vector`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 
@@ -99,16 +97,12 @@ class RolloutBuffer:
     def reset(self) -> None:
         self.step = 0
 
-    def minibatches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        """Shuffled minibatches over all T·N decisions (the last one may be smaller)."""
+    def flat(self) -> dict[str, torch.Tensor]:
+        """All T·N decisions as flat tensors by name (what :func:`agents.ppo.ppo_epochs` takes)."""
         n = self.T * self.N
-        flat = {
+        return {
             "cond": self.cond.reshape(n, -1), "chains": self.chains.reshape(n, *self.chains.shape[2:]),
             "log_probs": self.log_probs.reshape(n, -1), "values": self.values.reshape(n),
             "advantages": self.advantages.reshape(n), "returns": self.returns.reshape(n),
             **{name: value.reshape(n, *value.shape[2:]) for name, value in self.extras.items()},
         }
-        order = torch.randperm(n, generator=generator, device=generator.device).to(self.device)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            yield {key: value[idx] for key, value in flat.items()}

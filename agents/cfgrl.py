@@ -29,7 +29,8 @@ itself, while evaluation and the saved policy use ``guidance``).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,8 +38,11 @@ from torch import nn
 
 from agents.critics import DoubleQ, ValueNet, expectile_loss, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
+from agents.rollout import adopt_training_K, iteration_seed
 from envs.vector import VecEnv
+from flowpolicy.config import ConfigError, param
 from flowpolicy.models import GuidedFlowModel
+from flowpolicy.networks import Activation
 from flowpolicy.policy import Policy
 
 MODES = ("offline", "online")
@@ -46,36 +50,42 @@ MODES = ("offline", "online")
 
 @dataclass
 class CFGRLConfig:
-    mode: str = "offline"  # offline | online
-    dataset: str = ""  # the demonstrations: all the data offline, the replay's seed online
-    allow_env_mismatch: bool = False  # accept a dataset recorded on another env id (deliberate cross-env use)
-    guidance: float = 1.5  # w for rollouts, evaluation and the saved policy (sweep others at evaluation)
-    label_dropout: float = 0.1
-    label_dim: int = 16
-    critic_pretrain_steps: int = 20_000  # IQL steps before the policy trains
-    # offline
-    offline_iterations: int = 20
-    updates_per_iteration: int = 1000
-    # online
-    num_envs: int = 4
-    num_steps: int = 256  # decisions per env per iteration
-    K: int | None = None  # Euler steps for rollouts (default: the policy's)
-    updates_per_decision: float = 0.25
-    exploration_noise: float = 0.0
-    buffer_size: int = 250_000
-    demo_fraction: float = 0.0  # share of each batch from the demonstrations (0: one replay seeded with them)
-    rollout_guidance: float | None = None  # w for rollouts (None: ``guidance``)
-    # shared
-    batch_size: int = 256
-    gamma: float = 0.99  # per decision
-    expectile: float = 0.9
-    tau: float = 0.005
-    critic_lr: float = 3e-4
-    actor_lr: float = 1e-4
-    reward_scale: float = 0.1
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    critic_activation: str = "silu"
-    max_grad_norm: float = 10.0
+    mode: Literal["offline", "online"] = param("offline", "offline: the dataset only; online: with env rollouts")
+    dataset: str = param("", "the demonstrations: all the data offline, the replay's seed online")
+    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id (deliberate cross-env use)")
+    guidance: float = param(1.5, "w for rollouts, evaluation and the saved policy (sweep others at evaluation)")
+    label_dropout: float = param(0.1, "probability of dropping the optimality label to ∅", ge=0, lt=1)
+    label_dim: int = param(16, "size of the label embedding", ge=1)
+    critic_pretrain_steps: int = param(20_000, "IQL steps before the policy trains", ge=0)
+    offline_iterations: int = param(20, "offline mode: iterations (the budget; no env steps)", ge=1)
+    updates_per_iteration: int = param(1000, "offline mode: gradient steps per iteration", ge=1)
+    num_envs: int = param(4, "online mode: parallel envs in rollouts", ge=1)
+    num_steps: int = param(256, "online mode: decisions (action chunks) per env per iteration", ge=1)
+    K: int | None = param(None, "Euler steps for rollouts, evaluation and the saved policy (null: the policy's)",
+                          ge=1)
+    updates_per_decision: float = param(0.25, "online mode: gradient steps per collected decision", gt=0)
+    exploration_noise: float = param(0.0, "online mode: Gaussian noise std added to rollout actions", ge=0)
+    buffer_size: int = param(250_000, "online mode: replay capacity in decisions", ge=1)
+    demo_fraction: float = param(0.0, "online mode: share of each batch from the demonstrations "
+                                      "(0: one replay seeded with them)", ge=0, le=1)
+    rollout_guidance: float | None = param(None, "online mode: w for rollouts (null: guidance)")
+    batch_size: int = param(256, "minibatch size", ge=1)
+    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
+    expectile: float = param(0.9, "IQL expectile", gt=0, lt=1)
+    tau: float = param(0.005, "Polyak rate of the target critic", gt=0, le=1)
+    critic_lr: float = param(3e-4, "critic learning rate", gt=0)
+    actor_lr: float = param(1e-4, "policy learning rate", gt=0)
+    reward_scale: float = param(0.1, "rewards are multiplied by this in the critic's targets", gt=0)
+    critic_hidden: list[int] = param([256, 256], "critic hidden widths", ge=1)
+    critic_activation: Activation = param("silu", "critic activation")
+    max_grad_norm: float = param(10.0, "gradient-norm clip", gt=0)
+
+    def __post_init__(self):
+        online_only = {"exploration_noise": 0.0, "demo_fraction": 0.0, "rollout_guidance": None}
+        if self.mode == "offline":
+            for key, default in online_only.items():
+                if getattr(self, key) != default:
+                    raise ConfigError(f"{key} applies only with mode: online")
 
 
 def guided_policy_from(policy: Policy, label_dim: int = 16, label_dropout: float = 0.1,
@@ -130,7 +140,7 @@ class CFGRLLearner:
         self.policy = guided_policy_from(policy.to(self.device), config.label_dim, config.label_dropout,
                                          config.guidance).train()
         pc = self.policy.config
-        self.K = config.K or pc.num_steps
+        self.K = adopt_training_K(self.policy, config.K)
         self.critic = IQLCritic(pc.cond_dim, pc.chunk_dim, list(config.critic_hidden),
                                 config.critic_activation).to(self.device)
         self.q_opt = torch.optim.Adam(self.critic.q.parameters(), lr=config.critic_lr)
@@ -181,7 +191,7 @@ class CFGRLLearner:
             self.policy.set_guidance(c.rollout_guidance)
         try:
             return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, c.num_steps,
-                                       seed=self.seed * 1_000_003 + iteration * c.num_envs,
+                                       seed=iteration_seed(self.seed, iteration, c.num_envs),
                                        exploration_noise=c.exploration_noise, reward_scale=c.reward_scale,
                                        generator=self.generator)
         finally:

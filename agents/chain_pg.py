@@ -38,7 +38,8 @@ slowest member finishes; those steps are neither stored nor counted.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -48,13 +49,17 @@ from agents.buffers import compute_gae
 from agents.critics import ValueNet
 from agents.ppo import (
     OnPolicyLearner,
+    PolicyTerms,
     RunningReturnScale,
     check_ratio_is_one,
-    clipped_surrogate,
-    value_regression_step,
+    minibatch_indices,
+    ppo_epochs,
+    summarize,
     warn_if_rollouts_cut_episodes,
 )
+from agents.rollout import Rollout, adopt_training_K, iteration_seed
 from envs.vector import VecEnv
+from flowpolicy.config import ConfigError, param, redefault
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
 
@@ -62,56 +67,85 @@ FLOW_SAMPLERS, DIFFUSION_SAMPLERS = ("flow_sde", "cps"), ("ddim",)
 ESTIMATORS, ADVANTAGES = ("ppo", "reinforce"), ("group", "batch", "gae")
 
 
+Sampler = Literal["flow_sde", "cps", "ddim"]
+Estimator = Literal["ppo", "reinforce"]
+# each sampler's noise parameter and its default; a parameter the chosen sampler does not use is an error
+SAMPLER_PARAMS = {"flow_sde": ("a", 0.7), "cps": ("eta", 0.8), "ddim": ("eta", 1.0)}
+GAE_ONLY = {"gamma": 0.99, "gae_lambda": 0.95, "critic_lr": 1e-3, "critic_hidden": [256, 256, 256],
+            "normalize_rewards": True}
+
+
 @dataclass
 class GRPOConfig:
-    sampler: str = "flow_sde"  # flow_sde (Flow-GRPO) | cps (Flow-CPS) | ddim (DDPO, diffusion policies)
-    a: float = 0.7  # flow_sde noise scale
-    eta: float = 0.8  # cps noise angle; DDIM's η for ddim
-    estimator: str = "ppo"  # ppo (clipped per-step ratios) | reinforce (DDPO_SF: one step per batch)
-    advantages: str = "group"  # group | batch (episode return, normalized) | gae (per decision, learned critic)
-    K: int | None = None  # denoising steps in rollouts and the loss (default: the policy's)
-    group_size: int = 8
-    num_groups: int = 2
-    max_decisions: int = 250  # per episode (an episode cut here counts with the return so far)
-    train_steps: list[int] | None = None  # denoising steps in the loss (None: every stochastic step)
-    update_epochs: int = 4
-    minibatch_size: int = 1024
-    clip_range: float = 0.01  # on per-step, per-dimension-mean log-prob ratios
-    kl_coef: float = 0.0
-    adv_clip: float = 5.0
-    actor_lr: float = 1e-4
-    max_grad_norm: float = 1.0
-    ratio_check_tol: float = 1e-5
-    # advantages: gae only
-    gamma: float = 0.99  # per decision
-    gae_lambda: float = 0.95
-    critic_lr: float = 1e-3
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    normalize_rewards: bool = True  # divide rewards by the running std of the discounted return
+    sampler: Sampler = param(
+        "flow_sde", "flow_sde (Flow-GRPO) | cps (Flow-CPS) for flow policies; ddim (DDPO) for diffusion policies")
+    a: float | None = param(None, "flow_sde only: noise scale a (null: 0.7)", ge=0)
+    eta: float | None = param(None, "cps: noise angle η (null: 0.8); ddim: DDIM's η (null: 1.0)", ge=0, le=1)
+    estimator: Estimator = param(
+        "ppo", "ppo: clipped per-step ratios over epochs; reinforce: DDPO_SF, one on-policy step per batch")
+    advantages: Literal["group", "batch", "gae"] = param(
+        "group", "group | batch: episode return normalized over its group or the batch; gae: per decision, "
+                 "with a learned critic")
+    K: int | None = param(None, "denoising steps in rollouts and the loss (null: the policy's); evaluation uses the "
+                                "same K deterministically", ge=1)
+    group_size: int = param(8, "envs per group, reset with the same seed (advantages are relative to it)", ge=2)
+    num_groups: int = param(2, "groups per iteration", ge=1)
+    max_decisions: int = param(250, "decisions per episode (an episode cut here counts with the return so far)",
+                               ge=1)
+    train_steps: list[int] | None = param(None, "denoising steps in the loss (null: every stochastic step)", ge=0)
+    update_epochs: int = param(4, "epochs over each batch (reinforce: must be 1)", ge=1)
+    minibatch_size: int = param(1024, "decisions per minibatch", ge=1)
+    clip_range: float = param(0.01, "clip range of per-step, per-dimension-mean log-prob ratios", gt=0)
+    kl_coef: float = param(0.0, "weight of the KL to the frozen pretrained policy (ppo only)", ge=0)
+    adv_clip: float = param(5.0, "advantages are clipped to ± this", gt=0)
+    actor_lr: float = param(1e-4, "policy learning rate", gt=0)
+    max_grad_norm: float = param(1.0, "gradient-norm clip", gt=0)
+    ratio_check_tol: float = param(1e-5, "max |recomputed − rollout| step log-prob on the first minibatch", gt=0)
+    gamma: float = param(0.99, "advantages: gae only — discount per decision", ge=0, le=1)
+    gae_lambda: float = param(0.95, "advantages: gae only — GAE λ", ge=0, le=1)
+    critic_lr: float = param(1e-3, "advantages: gae only — critic learning rate", gt=0)
+    critic_hidden: list[int] = param([256, 256, 256], "advantages: gae only — critic hidden widths", ge=1)
+    normalize_rewards: bool = param(True, "advantages: gae only — divide rewards by the running std of the "
+                                          "discounted return")
+
+    def __post_init__(self):
+        used, default = SAMPLER_PARAMS[self.sampler]
+        unused = "eta" if used == "a" else "a"
+        if getattr(self, unused) is not None:
+            raise ConfigError(f"{unused} does not apply to sampler {self.sampler} (it takes {used})")
+        if getattr(self, used) is None:
+            setattr(self, used, default)
+        if self.advantages != "gae":
+            for key, value in GAE_ONLY.items():
+                if getattr(self, key) != value:
+                    raise ConfigError(f"{key} applies only with advantages: gae (advantages is {self.advantages})")
+        if self.estimator == "reinforce" and (self.kl_coef > 0 or self.update_epochs != 1):
+            raise ConfigError("estimator reinforce (DDPO_SF) takes one on-policy step per batch: it has no KL term "
+                              f"and no epochs (kl_coef={self.kl_coef}, update_epochs={self.update_epochs}); use "
+                              "estimator ppo for those")
 
 
 @dataclass
 class CPSConfig(GRPOConfig):
     """Flow-CPS: the GRPO learner with the coefficients-preserving sampler."""
 
-    sampler: str = "cps"
+    sampler: Sampler = redefault(GRPOConfig, "sampler", "cps")
 
 
 @dataclass
 class DDPOISConfig(GRPOConfig):
     """DDPO_IS: diffusion policy, DDIM η = 1, clipped per-step importance ratios (clip as in DDPO)."""
 
-    sampler: str = "ddim"
-    eta: float = 1.0
-    clip_range: float = 1e-4
+    sampler: Sampler = redefault(GRPOConfig, "sampler", "ddim")
+    clip_range: float = redefault(GRPOConfig, "clip_range", 1e-4)
 
 
 @dataclass
 class DDPOSFConfig(DDPOISConfig):
     """DDPO_SF: the score-function (REINFORCE) estimator, one gradient step per batch of fresh data."""
 
-    estimator: str = "reinforce"
-    update_epochs: int = 1
+    estimator: Estimator = redefault(GRPOConfig, "estimator", "reinforce")
+    update_epochs: int = redefault(GRPOConfig, "update_epochs", 1)
 
 
 def group_advantages(returns: torch.Tensor, group_size: int, clip: float = 5.0) -> torch.Tensor:
@@ -148,7 +182,7 @@ class ChainPGLearner(OnPolicyLearner):
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
         pc = policy.config
-        self.K, self.D = config.K or pc.num_steps, pc.chunk_dim
+        self.K, self.D = adopt_training_K(policy, config.K), pc.chunk_dim
         params = {"a": config.a} if config.sampler == "flow_sde" else {"eta": config.eta}
         self.sampler = policy.make_sampler(config.sampler, K=self.K, **params)
         steps = range(self.K) if config.train_steps is None else config.train_steps
@@ -193,13 +227,11 @@ class ChainPGLearner(OnPolicyLearner):
     # -- rollout -----------------------------------------------------------------------------------
     def group_seeds(self, iteration: int) -> list[int]:
         """Env seeds of an iteration: the members of group g share seed base + g."""
-        base = self.seed * 1_000_003 + iteration * self.cfg.num_groups
+        base = iteration_seed(self.seed, iteration, self.cfg.num_groups)
         return [base + g for g in range(self.cfg.num_groups) for _ in range(self.cfg.group_size)]
 
     @torch.no_grad()
     def collect(self, iteration: int) -> dict:
-        obs = self.envs.reset(seed=self.group_seeds(iteration))
-        act_steps = self.policy.config.act_steps
         active = np.ones(self.num_envs, dtype=bool)
         returns = np.zeros(self.num_envs)
         lengths = np.zeros(self.num_envs, dtype=np.int64)
@@ -207,10 +239,14 @@ class ChainPGLearner(OnPolicyLearner):
         steps: dict[str, list] = {"cond": [], "reward": [], "terminated": [], "truncated": [], "next_cond": []}
         if self.reward_scale:
             self.reward_scale.returns[:] = 0.0  # every episode starts at this iteration
-        for t in range(self.cfg.max_decisions):
-            cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+
+        def act(cond):
             chain = self.policy.sample(cond, self.sampler, self.K, self.generator)
-            out = self.envs.step(self.policy.env_actions(chain.actions)[:, :act_steps].cpu().numpy())
+            return chain.actions, chain
+
+        rollout = Rollout(self.policy, self.envs)
+        for step in rollout.decisions(self.group_seeds(iteration), act, self.cfg.max_decisions):
+            cond, chain, out = step.cond, step.record, step.out
             rows = torch.as_tensor(np.flatnonzero(active), device=self.device)
             conds.append(cond[rows])
             chains.append(chain.xs[rows])
@@ -219,16 +255,13 @@ class ChainPGLearner(OnPolicyLearner):
             returns[active] += out.reward[active]
             lengths[active] += out.env_steps[active]
             if self.critic is not None:  # [N] per step; rows of finished episodes are dropped after GAE
-                ended = out.terminated | out.truncated
                 steps["cond"].append(cond)
-                reward = self.reward_scale(out.reward, ended, active) if self.reward_scale else out.reward
+                reward = self.reward_scale(out.reward, out.done, active) if self.reward_scale else out.reward
                 steps["reward"].append(reward)
                 steps["terminated"].append(out.terminated)
-                steps["truncated"].append(out.truncated | (t == self.cfg.max_decisions - 1))
-                steps["next_cond"].append(self.policy.condition(
-                    torch.as_tensor(out.final_obs, dtype=torch.float32, device=self.device)))
-            active &= ~(out.terminated | out.truncated)
-            obs = out.obs
+                steps["truncated"].append(out.truncated | (step.t == self.cfg.max_decisions - 1))
+                steps["next_cond"].append(step.next_cond)
+            active &= ~out.done
             if not active.any():
                 break
         owner = torch.cat(owners)
@@ -240,8 +273,9 @@ class ChainPGLearner(OnPolicyLearner):
             advantages = group_advantages(torch.as_tensor(returns, dtype=torch.float32, device=self.device), group,
                                           self.cfg.adv_clip)
             self.batch["advantages"] = advantages[owner]
+        # one episode per env: the metrics count only the steps inside it
         return {"env_steps": int(lengths.sum()), "episode_returns": returns.tolist(),
-                "episode_lengths": lengths.tolist()}
+                "episode_lengths": lengths.tolist(), "env_s": rollout.env_s}
 
     def _gae(self, steps: dict[str, list], owners: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-decision GAE advantages (batch-normalized, clipped) and λ-returns, in the batch's row order:
@@ -257,9 +291,8 @@ class ChainPGLearner(OnPolicyLearner):
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         return advantages.clamp(-self.cfg.adv_clip, self.cfg.adv_clip), lambda_returns
 
-    def _critic_step(self, idx: torch.Tensor) -> float:
-        return value_regression_step(self.critic, self.critic, self.critic_opt, self.batch["cond"][idx],
-                                     self.batch["returns"][idx], self.cfg.max_grad_norm)
+    def value(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.critic(cond)
 
     # -- update ------------------------------------------------------------------------------------
     def update(self, iteration: int) -> dict:
@@ -292,56 +325,35 @@ class ChainPGLearner(OnPolicyLearner):
         self.actor_opt.step()
         out = {"losses/policy_loss": total, "charts/decisions": float(n), "losses/logprob_max_dev": max_dev}
         if self.critic is not None:  # the critic takes its minibatch steps on the same fresh batch
-            order = torch.randperm(n, generator=self.generator, device=self.generator.device).to(self.device)
-            out["losses/value_loss"] = float(np.mean([self._critic_step(order[start:start + c.minibatch_size])
-                                                      for start in range(0, n, c.minibatch_size)]))
+            out["losses/value_loss"] = float(np.mean([
+                self.critic_step({key: value[idx] for key, value in self.batch.items()})
+                for idx in minibatch_indices(n, c.minibatch_size, self.generator, self.device)]))
         return out
 
+    def _policy_terms(self, mb: dict) -> PolicyTerms:
+        """Per-step ratios (per-dimension means) over the trained steps, and the KL to the reference."""
+        x_next, mean, std = self.sampler.step_distributions(self.policy.model.model_fn(self.K), mb["cond"],
+                                                            mb["chains"], self.K)
+        new = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
+        # every per-step log-ratio (what the ratio uses) must be 0 on the first minibatch
+        deviation = (new - mb["log_probs"]) / self.D
+        terms = PolicyTerms(log_ratio=deviation[:, self.trained_steps], deviation=deviation)
+        if self.reference is not None:
+            with torch.no_grad():
+                _, ref_mean, _ = self.sampler.step_distributions(self.reference.model.model_fn(self.K), mb["cond"],
+                                                                 mb["chains"], self.K)
+            std_k = torch.as_tensor(std, dtype=mean.dtype).expand_as(mean).reshape(-1, self.K, self.D)
+            diff = (mean - ref_mean).reshape(-1, self.K, self.D)[:, self.trained_steps]
+            kl = (diff.square() / (2 * std_k[:, self.trained_steps].square())).mean()
+            terms.extra_losses.append(self.cfg.kl_coef * kl)
+            terms.stats["kl"] = kl.item()
+        return terms
+
     def _ppo_update(self, iteration: int) -> dict:
-        c = self.cfg
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "kl", "approx_kl", "clipfrac",
-                                                         "logprob_max_dev")}
-        model_fn = self.policy.model.model_fn(self.K)
-        n = self.batch["cond"].shape[0]
-        first = True
-        for _epoch in range(c.update_epochs):
-            order = torch.randperm(n, generator=self.generator, device=self.generator.device).to(self.device)
-            for start in range(0, n, c.minibatch_size):
-                idx = order[start:start + c.minibatch_size]
-                cond, chains = self.batch["cond"][idx], self.batch["chains"][idx]
-                old, adv = self.batch["log_probs"][idx], self.batch["advantages"][idx]
-                x_next, mean, std = self.sampler.step_distributions(model_fn, cond, chains, self.K)
-                new = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
-                if first:  # θ = θ_old here: every per-step log-ratio (what the ratio uses) must be 0
-                    stats["logprob_max_dev"].append(check_ratio_is_one(
-                        (new - old) / self.D, c.ratio_check_tol, iteration, "per-step chain log-probs"))
-                    first = False
-                std_k = torch.as_tensor(std, dtype=mean.dtype).expand_as(mean).reshape(-1, self.K, self.D)
-                trained = self.trained_steps
-                log_ratio = ((new - old) / self.D)[:, trained]
-                ratio = log_ratio.exp()
-                a = adv[:, None]
-                policy_loss = clipped_surrogate(ratio, a, c.clip_range)
-                loss = policy_loss
-                if self.reference is not None:
-                    with torch.no_grad():
-                        _, ref_mean, _ = self.sampler.step_distributions(self.reference.model.model_fn(self.K), cond,
-                                                                         chains, self.K)
-                    diff = (mean - ref_mean).reshape(-1, self.K, self.D)[:, trained]
-                    kl = (diff.square() / (2 * std_k[:, trained].square())).mean()
-                    loss = loss + c.kl_coef * kl
-                    stats["kl"].append(kl.item())
-                self.actor_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
-                self.actor_opt.step()
-                with torch.no_grad():
-                    stats["approx_kl"].append(((ratio - 1) - log_ratio).mean().item())
-                    stats["clipfrac"].append(((ratio - 1).abs() > c.clip_range).float().mean().item())
-                stats["policy_loss"].append(policy_loss.item())
-                if self.critic is not None:
-                    stats["value_loss"].append(self._critic_step(idx))
-        out = {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v and k != "clipfrac"}
-        out["charts/clipfrac"] = float(np.mean(stats["clipfrac"]))
-        out["charts/decisions"] = float(n)
+        stats, _ = ppo_epochs(self.cfg, iteration, self.batch, self._policy_terms, self.actor_opt,
+                              list(self.policy.parameters()), self.generator,
+                              ("logprob_max_dev", "per-step chain log-probs"),
+                              critic_step=self.critic_step if self.critic is not None else None)
+        out = summarize(stats)
+        out["charts/decisions"] = float(len(self.batch["cond"]))
         return out

@@ -4,12 +4,18 @@ A config names the algorithm and holds its settings under ``algo`` (validated by
 dataclass, so an unknown key is an error that names it) and the runner's under ``runner``. With
 ``--resume RUN_DIR`` the run continues from ``RUN_DIR/checkpoints/last`` with the configuration saved in
 ``RUN_DIR/config.json``.
+
+Nothing is overwritten: a new run refuses an ``out`` directory that already holds files unless
+``overwrite`` is given, and everything that can fail at start-up (config, policy, env, learner) is checked
+before the first byte is written. A resumed run keeps the settings it started with; only the keys in
+:data:`RESUMABLE_KEYS` (budget, evaluation, progress, threads) may change.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,10 +26,10 @@ from agents.chain_pg import ChainPGLearner, CPSConfig, DDPOISConfig, DDPOSFConfi
 from agents.fpo import FPOConfig, FPOLearner
 from agents.qsm import QSMConfig, QSMLearner
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
-from agents.runner import Runner, RunnerConfig, last_checkpoint
+from agents.runner import Runner, RunnerConfig, has_training_state, last_checkpoint
 from envs.registry import get_task
 from flowpolicy.checkpoint import atomic_write_json, load_policy
-from flowpolicy.config import ConfigError, from_dict
+from flowpolicy.config import ConfigError, check_device, from_dict, param
 
 ALGORITHMS = {"reinflow": (ReinFlowConfig, ReinFlowLearner), "qsm": (QSMConfig, QSMLearner),
               "cfgrl": (CFGRLConfig, CFGRLLearner), "grpo": (GRPOConfig, ChainPGLearner),
@@ -33,27 +39,71 @@ ALGORITHMS = {"reinflow": (ReinFlowConfig, ReinFlowLearner), "qsm": (QSMConfig, 
 
 @dataclass
 class FinetuneConfig:
-    algorithm: str = "reinflow"
-    env_id: str = "Hopper-v5"
-    policy: str = ""  # pretrained policy checkpoint directory
-    out: str = "runs/finetune"
-    seed: int = 0
-    device: str = "cpu"
-    torch_threads: int = 0  # 0: leave torch's default
+    algorithm: str = param("reinflow", f"online learner: {' | '.join(ALGORITHMS)} (its settings go under algo.*)")
+    env_id: str = param("Hopper-v5", "gymnasium env id (or module:EnvId)")
+    policy: str = param("", "pretrained policy checkpoint directory")
+    out: str = param("runs/finetune", "run directory (must not hold another run unless --overwrite)")
+    seed: int = param(0, "seed of the learner, its envs and its evaluations", ge=0)
+    device: str = param("cpu", "torch device (cpu, cuda, cuda:1 …)")
+    torch_threads: int = param(0, "torch threads for updates (0: torch's default)", ge=0)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
-    algo: dict = field(default_factory=dict)
+    algo: dict = param({}, "the algorithm's settings (`flowpolicy config ALGORITHM` lists them)")
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm: unknown {self.algorithm!r}; available: {', '.join(sorted(ALGORITHMS))}")
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
-    if cfg.algorithm not in ALGORITHMS:
-        raise ConfigError(f"algorithm: unknown {cfg.algorithm!r}; available: {', '.join(sorted(ALGORITHMS))}")
+# what a resumed run may change: how long it runs, how it is evaluated and shown, not what it learns
+RESUMABLE_KEYS = ("runner.total_env_steps", "runner.eval_every", "runner.eval_episodes", "runner.checkpoint_every",
+                  "runner.progress", "torch_threads", "device")
+
+
+def check_resume_settings(saved: dict, resumed: dict, run_dir) -> None:
+    """A resumed run trains with the settings it started with: a changed key outside :data:`RESUMABLE_KEYS`
+    (a different ``algo.num_envs`` would not even fit the saved state) is an error that names it."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    before, after = flat(saved), flat(resumed)
+    for key in sorted(set(before) | set(after)):
+        if key in RESUMABLE_KEYS or key == "out" or before.get(key) == after.get(key):
+            continue
+        raise ConfigError(f"{key}: the run in {run_dir} was started with {before.get(key, '(default)')!r}, not "
+                          f"{after.get(key, '(default)')!r}; a resumed run keeps its settings (it may change "
+                          f"{', '.join(RESUMABLE_KEYS)})")
+
+
+def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """A new run never lands on top of files it did not write."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"out: {run_dir} is a file, not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        hint = " (continue it with --resume)" if (run_dir / "config.json").is_file() else ""
+        raise ConfigError(f"out: {run_dir} already holds files{hint}; choose another out=, or pass --overwrite "
+                          "to replace them")
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run (or resume) the configured fine-tuning; returns the summary (also in ``out/summary.json``)."""
     algo_cls, learner_cls = ALGORITHMS[cfg.algorithm]
     algo_cfg = from_dict(algo_cls, cfg.algo, prefix="algo")
+    check_device(cfg.device)
+    run_dir = Path(cfg.out)
+    if not resume:
+        check_new_run_dir(run_dir, overwrite)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
-    run_dir = Path(cfg.out)
-    source = last_checkpoint(run_dir) if resume else Path(cfg.policy)
+    # a run killed before its first checkpoint starts again from the pretrained policy
+    continuing = resume and has_training_state(last_checkpoint(run_dir))
+    source = last_checkpoint(run_dir) if continuing else Path(cfg.policy)
     policy, metadata = load_policy(source, device=cfg.device)
     task = get_task(cfg.env_id)
     if (policy.config.obs_dim, policy.config.action_dim) != (task.obs_dim, task.action_dim):
@@ -65,24 +115,40 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     if getattr(algo_cfg, "mode", "online") == "offline":  # no env steps: the budget is gradient steps
         iterations = algo_cfg.offline_iterations
     # a resumed run regularizes toward the pretrained policy, not toward where it was interrupted
-    reference = load_policy(cfg.policy, device=cfg.device)[0] if resume and cfg.policy else None
+    reference = load_policy(cfg.policy, device=cfg.device)[0] if continuing and cfg.policy else None
     learner = learner_cls(policy, cfg.env_id, algo_cfg, iterations, seed=cfg.seed, device=cfg.device,
                           reference=reference)
-    if not resume:
+    if not resume:  # everything checked: only now touch the disk
+        if overwrite and run_dir.is_dir():
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", asdict(cfg))
     runner = Runner(learner, cfg.runner, cfg.env_id, run_dir, seed=cfg.seed,
                     metadata={"algorithm": cfg.algorithm, "pretrained": cfg.policy,
-                              "pretrained_metadata": metadata if not resume else metadata.get("pretrained_metadata")})
+                              "pretrained_metadata": metadata.get("pretrained_metadata") if continuing else metadata})
     try:
-        return runner.run(resume=resume)
+        return runner.run(resume=continuing)
     finally:
         if getattr(learner, "envs", None) is not None:
             learner.envs.close()
 
 
-def load_run_config(run_dir: str | Path) -> FinetuneConfig:
+def read_run_config(run_dir: str | Path) -> dict:
+    """The saved configuration of a run directory, as a dict (one-line errors for a missing or bad file)."""
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory (a run stopped before it wrote anything starts again "
+                          "with --config FILE --resume)")
     if not path.is_file():
         raise ConfigError(f"{path}: not found — is {run_dir} a finetune run directory?")
-    return from_dict(FinetuneConfig, json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_run_config(run_dir: str | Path) -> FinetuneConfig:
+    return from_dict(FinetuneConfig, read_run_config(run_dir))

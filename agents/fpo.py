@@ -21,53 +21,54 @@ the stored (τ, ε), so the ratio is 1 on the first minibatch of every update �
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
-import numpy as np
 import torch
-from torch import nn
 
 from agents.buffers import RolloutBuffer
 from agents.ppo import (
     OnPolicyLearner,
+    PolicyTerms,
     RunningReturnScale,
     asymmetric_surrogate,
-    check_ratio_is_one,
     clipped_surrogate,
-    value_regression_step,
+    summarize,
     warn_if_rollouts_cut_episodes,
 )
+from agents.rollout import adopt_training_K
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
-from flowpolicy.networks import MLP
+from flowpolicy.config import param
+from flowpolicy.networks import MLP, Activation
 from flowpolicy.policy import Policy
 
 
 @dataclass
 class FPOConfig:
-    num_envs: int = 16
-    num_steps: int = 256  # decisions per env per iteration
-    K: int | None = None  # ODE steps for acting (default: the policy's)
-    n_mc: int = 8  # (τ, ε) pairs per decision
-    loss_weighting: str = "epsilon"  # epsilon (τ²-weighted) | velocity
-    per_sample_ratio: bool = False  # FPO++: one ratio per (τ, ε) pair
-    negative_advantages: str = "clip"  # clip (PPO) | spo (FPO++: SPO's penalty where A < 0, PPO-clip elsewhere)
-    gamma: float = 0.99  # per decision
-    gae_lambda: float = 0.95
-    update_epochs: int = 5
-    minibatch_size: int = 1024
-    clip_range: float = 0.05
-    actor_lr: float = 3e-5
-    critic_lr: float = 6.5e-4
-    lr_min_fraction: float = 0.1
-    max_grad_norm: float = 1.0
-    target_kl: float | None = None
-    critic_warmup_iterations: int = 2
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    critic_activation: str = "silu"
-    normalize_rewards: bool = True
-    ratio_check_tol: float = 1e-5
+    num_envs: int = param(16, "parallel envs in rollouts", ge=1)
+    num_steps: int = param(256, "decisions (action chunks) per env per iteration", ge=1)
+    K: int | None = param(None, "ODE steps for acting, evaluation and the saved policy (null: the policy's)", ge=1)
+    n_mc: int = param(8, "(τ, ε) pairs per decision", ge=1)
+    loss_weighting: Literal["epsilon", "velocity"] = param("epsilon", "CFM loss: ε-MSE (τ²-weighted) or velocity MSE")
+    per_sample_ratio: bool = param(False, "FPO++: one ratio per (τ, ε) pair")
+    negative_advantages: Literal["clip", "spo"] = param(
+        "clip", "clip: PPO-clip everywhere; spo: FPO++'s SPO penalty where A < 0, PPO-clip elsewhere")
+    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
+    gae_lambda: float = param(0.95, "GAE λ", ge=0, le=1)
+    update_epochs: int = param(5, "PPO epochs over each rollout", ge=1)
+    minibatch_size: int = param(1024, "decisions per minibatch", ge=1)
+    clip_range: float = param(0.05, "clip range of the CFM-loss ratio", gt=0)
+    actor_lr: float = param(3e-5, "policy learning rate", gt=0)
+    critic_lr: float = param(6.5e-4, "critic learning rate", gt=0)
+    lr_min_fraction: float = param(0.1, "cosine schedules decay to this fraction of the initial rates", ge=0, le=1)
+    max_grad_norm: float = param(1.0, "gradient-norm clip", gt=0)
+    target_kl: float | None = param(None, "stop an update's epochs when approx-KL exceeds this (null: never)", gt=0)
+    critic_warmup_iterations: int = param(2, "iterations that train only the critic", ge=0)
+    critic_hidden: list[int] = param([256, 256, 256], "critic hidden widths", ge=1)
+    critic_activation: Activation = param("silu", "critic activation")
+    normalize_rewards: bool = param(True, "divide rewards by a running std of the discounted return")
+    ratio_check_tol: float = param(1e-5, "max |recomputed − rollout| CFM loss on the first minibatch", gt=0)
 
 
 def cfm_losses(policy: Policy, cond: torch.Tensor, actions: torch.Tensor, taus: torch.Tensor,
@@ -99,7 +100,7 @@ class FPOLearner(OnPolicyLearner):
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
         pc = policy.config
-        self.K, self.D = config.K or pc.num_steps, pc.chunk_dim
+        self.K, self.D = adopt_training_K(policy, config.K), pc.chunk_dim
         self.sampler = policy.make_sampler("ode", K=self.K)
         self.critic = MLP(pc.cond_dim, list(config.critic_hidden), 1, act=config.critic_activation).to(self.device)
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
@@ -121,86 +122,37 @@ class FPOLearner(OnPolicyLearner):
         return self.critic(cond).squeeze(-1)
 
     # -- rollout -----------------------------------------------------------------------------------
-    @torch.no_grad()
     def collect(self, iteration: int) -> dict:
         c = self.cfg
         factor = cosine_factor(iteration, self.total_iterations, c.lr_min_fraction)
         self.actor_opt.param_groups[0]["lr"] = c.actor_lr * factor
         self.critic_opt.param_groups[0]["lr"] = c.critic_lr * factor
-        obs = self.envs.reset(seed=self.seed * 1_000_003 + iteration * c.num_envs)
-        if self.reward_scale:
-            self.reward_scale.returns[:] = 0.0  # episodes restart at every iteration
-        self.buffer.reset()
-        act_steps = self.policy.config.act_steps
-        returns, lengths, env_steps, env_seconds = [], [], 0, 0.0
-        while not self.buffer.full:
-            cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+
+        def act(cond):  # the ODE's action and its (τ, ε) pairs with the rollout policy's flow-matching losses
             actions = self.policy.sample(cond, self.sampler, self.K, self.generator).actions
             taus = torch.rand(c.num_envs, c.n_mc, generator=self.generator, device=self.device)
             noises = torch.randn(c.num_envs, c.n_mc, self.D, generator=self.generator, device=self.device)
             old_losses = cfm_losses(self.policy, cond, actions, taus, noises, c.loss_weighting)
-            tick = time.perf_counter()
-            out = self.envs.step(self.policy.env_actions(actions)[:, :act_steps].cpu().numpy())
-            env_seconds += time.perf_counter() - tick
-            rewards = self.reward_scale(out.reward, out.done) if self.reward_scale else out.reward
-            next_cond = self.policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=self.device))
-            truncated = out.truncated | (self.buffer.step == self.buffer.T - 1)  # the iteration cuts the episode
-            self.buffer.add(cond, actions[:, None], torch.zeros(c.num_envs, 0, device=self.device), self.value(cond),
-                            rewards, out.terminated, truncated, next_cond, taus=taus, noises=noises,
-                            old_losses=old_losses)
-            returns += out.episode_returns
-            lengths += out.episode_lengths
-            env_steps += int(out.env_steps.sum())
-            obs = out.obs
-        self.buffer.finish(self.value, c.gamma, c.gae_lambda)
-        return {"env_steps": env_steps, "episode_returns": returns, "episode_lengths": lengths, "env_s": env_seconds}
+            return actions, {"chain_xs": actions[:, None], "log_probs": torch.zeros(c.num_envs, 0, device=self.device),
+                             "taus": taus, "noises": noises, "old_losses": old_losses}
+
+        return self.collect_into_buffer(iteration, act)
 
     # -- update ------------------------------------------------------------------------------------
+    def _policy_terms(self, mb: dict) -> PolicyTerms:
+        """The ratio of flow-matching losses at the stored (τ, ε): per pair, or of their means."""
+        losses = cfm_losses(self.policy, mb["cond"], mb["chains"][:, 0], mb["taus"], mb["noises"],
+                            self.cfg.loss_weighting)
+        log_ratio = mb["old_losses"] - losses  # [B, n]
+        if not self.cfg.per_sample_ratio:
+            log_ratio = log_ratio.mean(-1, keepdim=True)
+        return PolicyTerms(log_ratio=log_ratio, deviation=log_ratio, stats={"cfm_loss": losses.mean().item()})
+
     def update(self, iteration: int) -> dict:
-        c = self.cfg
-        actor_active = iteration >= c.critic_warmup_iterations
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac",
-                                                         "cfm_loss", "logratio_max_dev")}
-        adv_all = self.buffer.advantages
-        self.buffer.advantages = (adv_all - adv_all.mean()) / (adv_all.std() + 1e-8)
-        first, stop = True, False
-        for _epoch in range(c.update_epochs):
-            for mb in self.buffer.minibatches(c.minibatch_size, self.generator):
-                stats["value_loss"].append(value_regression_step(self.value, self.critic, self.critic_opt, mb["cond"],
-                                                                 mb["returns"], c.max_grad_norm))
-                if not actor_active:
-                    continue
-                losses = cfm_losses(self.policy, mb["cond"], mb["chains"][:, 0], mb["taus"], mb["noises"],
-                                    c.loss_weighting)
-                log_ratio = mb["old_losses"] - losses  # [B, n]
-                if not c.per_sample_ratio:
-                    log_ratio = log_ratio.mean(-1, keepdim=True)
-                if first:  # θ = θ_old and the stored (τ, ε): the ratio must be exactly 1
-                    stats["logratio_max_dev"].append(check_ratio_is_one(
-                        log_ratio, c.ratio_check_tol, iteration, "flow-matching losses"))
-                    first = False
-                ratio = log_ratio.exp()
-                adv = mb["advantages"][:, None]
-                surrogate = asymmetric_surrogate if c.negative_advantages == "spo" else clipped_surrogate
-                policy_loss = surrogate(ratio, adv, c.clip_range)
-                self.actor_opt.zero_grad(set_to_none=True)
-                policy_loss.backward()
-                nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
-                self.actor_opt.step()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean().item()
-                stats["policy_loss"].append(policy_loss.item())
-                stats["cfm_loss"].append(losses.mean().item())
-                stats["approx_kl"].append(approx_kl)
-                stats["clipfrac"].append(((ratio - 1).abs() > c.clip_range).float().mean().item())
-                if c.target_kl is not None and approx_kl > c.target_kl:
-                    stop = True
-                    break
-            if stop:
-                break
-        out = {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v and k != "clipfrac"}
-        if stats["clipfrac"]:
-            out["charts/clipfrac"] = float(np.mean(stats["clipfrac"]))
+        surrogate = asymmetric_surrogate if self.cfg.negative_advantages == "spo" else clipped_surrogate
+        stats, stop = self.update_from_buffer(iteration, self._policy_terms, list(self.policy.parameters()),
+                                              ("logratio_max_dev", "flow-matching losses"), surrogate)
+        out = summarize(stats)
         out["charts/actor_lr"] = self.actor_opt.param_groups[0]["lr"]
         out["charts/kl_early_stop"] = float(stop)
         return out

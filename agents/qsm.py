@@ -52,7 +52,8 @@ multiplied by ``reward_scale``; γ applies once per decision (chunk rewards are 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -60,40 +61,52 @@ from torch import nn
 
 from agents.critics import DoubleQ, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
+from agents.rollout import adopt_training_K, iteration_seed
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
+from flowpolicy.config import ConfigError, param
+from flowpolicy.networks import Activation
 from flowpolicy.policy import Policy
 
 
 @dataclass
 class QSMConfig:
-    num_envs: int = 4
-    num_steps: int = 256  # decisions per env per iteration
-    K: int | None = None  # denoising steps for rollouts and targets (default: the policy's)
-    gamma: float = 0.99  # per decision
-    buffer_size: int = 250_000  # decisions
-    batch_size: int = 256
-    updates_per_decision: float = 0.25  # gradient steps per collected decision (summed over envs)
-    critic_lr: float = 3e-4
-    actor_lr: float = 3e-5
-    actor_lr_min_fraction: float = 1.0  # cosine decay of the actor's step over the run (1.0: constant)
-    tau: float = 0.005
-    q_grad_coeff: float = 0.1  # α
-    grad_at: str = "denoised"  # noised | denoised | clean (see the module docstring)
-    target_scale: str = "snr"  # none | noise | snr: c_t in the shift −α·c_t·∇Q (module docstring)
-    anchor: str = "reference"  # none | replay | reference: what the −α∇Q shift is added to (module docstring)
-    reference_update_every: int = 4  # iterations between copies of the policy into the reference (0: never)
-    target_noise: float = 0.1
-    target_noise_clip: float = 0.3
-    exploration_noise: float = 0.1
-    reward_scale: float = 0.1
-    critic_warmup_iterations: int = 1
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    critic_activation: str = "silu"
-    max_grad_norm: float = 10.0
-    dataset: str | None = None  # seed the replay buffer with this demonstration dataset (Minari dir or .hdf5)
-    bc_coeff: float = 0.0  # weight of a BC loss on demonstration batches in the actor loss (needs dataset)
-    allow_env_mismatch: bool = False  # accept a dataset recorded on another env id (deliberate cross-env use)
+    num_envs: int = param(4, "parallel envs in rollouts", ge=1)
+    num_steps: int = param(256, "decisions (action chunks) per env per iteration", ge=1)
+    K: int | None = param(None, "denoising steps for rollouts, targets, evaluation and the saved policy "
+                                "(null: the policy's)", ge=1)
+    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
+    buffer_size: int = param(250_000, "replay capacity in decisions", ge=1)
+    batch_size: int = param(256, "replay minibatch size", ge=1)
+    updates_per_decision: float = param(0.25, "gradient steps per collected decision (summed over envs)", gt=0)
+    critic_lr: float = param(3e-4, "critic learning rate", gt=0)
+    actor_lr: float = param(3e-5, "policy learning rate", gt=0)
+    actor_lr_min_fraction: float = param(1.0, "cosine decay of the actor's rate to this fraction (1: constant)",
+                                         ge=0, le=1)
+    tau: float = param(0.005, "Polyak rate of the target critics", gt=0, le=1)
+    q_grad_coeff: float = param(0.1, "α: the step −α·c_t·∇Q the denoiser learns", ge=0)
+    grad_at: Literal["noised", "denoised", "clean"] = param("denoised", "where ∇Q is taken (module docstring)")
+    target_scale: Literal["none", "noise", "snr"] = param("snr", "c_t in the shift −α·c_t·∇Q (module docstring)")
+    anchor: Literal["none", "replay", "reference"] = param(
+        "reference", "what the −α∇Q shift is added to (module docstring)")
+    reference_update_every: int = param(4, "iterations between copies of the policy into the reference (0: never)",
+                                        ge=0)
+    target_noise: float = param(0.1, "TD3 target-action smoothing noise std", ge=0)
+    target_noise_clip: float = param(0.3, "clip of the target smoothing noise", ge=0)
+    exploration_noise: float = param(0.1, "Gaussian noise std added to rollout actions", ge=0)
+    reward_scale: float = param(0.1, "rewards are multiplied by this in the critic's targets", gt=0)
+    critic_warmup_iterations: int = param(1, "iterations that train only the critics", ge=0)
+    critic_hidden: list[int] = param([256, 256, 256], "critic hidden widths", ge=1)
+    critic_activation: Activation = param("silu", "critic activation")
+    max_grad_norm: float = param(10.0, "gradient-norm clip", gt=0)
+    dataset: str | None = param(None, "seed the replay buffer with this demonstration dataset (Minari dir or .hdf5)")
+    bc_coeff: float = param(0.0, "weight of a BC loss on demonstration batches in the actor loss (needs dataset)",
+                            ge=0)
+    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id (deliberate cross-env use)")
+
+    def __post_init__(self):
+        if self.bc_coeff > 0 and not self.dataset:
+            raise ConfigError("bc_coeff > 0 needs a dataset of demonstrations (set dataset)")
 
 
 GRAD_AT = ("noised", "denoised", "clean")
@@ -159,7 +172,7 @@ class QSMLearner:
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
         pc = policy.config
-        self.K = config.K or pc.num_steps
+        self.K = adopt_training_K(policy, config.K)
         self.sampler = policy.make_sampler(K=self.K)  # deterministic: ODE / DDIM η = 0
         self.critic = DoubleQ(pc.cond_dim, pc.chunk_dim, list(config.critic_hidden), config.critic_activation)
         self.critic = self.critic.to(self.device)
@@ -208,7 +221,7 @@ class QSMLearner:
     # -- rollout -----------------------------------------------------------------------------------
     def collect(self, iteration: int) -> dict:
         return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, self.cfg.num_steps,
-                                   seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs,
+                                   seed=iteration_seed(self.seed, iteration, self.cfg.num_envs),
                                    exploration_noise=self.cfg.exploration_noise,
                                    reward_scale=self.cfg.reward_scale, generator=self.generator)
 

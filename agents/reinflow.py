@@ -23,25 +23,24 @@ from __future__ import annotations
 
 import copy
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
-import numpy as np
 import torch
-from torch import nn
 
 from agents.buffers import RolloutBuffer
 from agents.ppo import (
     OnPolicyLearner,
+    PolicyTerms,
     RunningReturnScale,
-    check_ratio_is_one,
-    clipped_surrogate,
-    value_regression_step,
+    summarize,
     warn_if_rollouts_cut_episodes,
 )
+from agents.rollout import adopt_training_K
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
-from flowpolicy.networks import MLP
+from flowpolicy.config import ConfigError, param
+from flowpolicy.networks import MLP, Activation
 from flowpolicy.noise import NoiseNet
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import gaussian_log_prob
@@ -49,32 +48,38 @@ from flowpolicy.samplers import gaussian_log_prob
 
 @dataclass
 class ReinFlowConfig:
-    num_envs: int = 16
-    num_steps: int = 128  # decisions per env per iteration
-    K: int | None = None  # denoising steps (default: the policy's)
-    gamma: float = 0.99  # per decision
-    gae_lambda: float = 0.95
-    update_epochs: int = 5
-    minibatch_size: int = 1024
-    clip_range: float = 0.01
-    logprob_reduction: str = "mean"  # mean | sum
-    ent_coef: float = 0.03
-    bc_coef: float = 0.0
-    actor_lr: float = 4.5e-5
-    noise_lr: float = 4.5e-5
-    critic_lr: float = 6.5e-4
-    lr_min_fraction: float = 0.1  # cosine schedules decay to this fraction of the initial rates
-    max_grad_norm: float = 1.0
-    target_kl: float | None = 1.0
-    critic_warmup_iterations: int = 2
-    sigma_min: float = 0.10
-    sigma_max: float = 0.24
-    sigma_max_end: float | None = None  # linear schedule of the upper σ bound over the run
-    noise_hidden: list[int] = field(default_factory=lambda: [64, 64])
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    critic_activation: str = "silu"
-    normalize_rewards: bool = True  # divide rewards by a running std of the discounted return
-    ratio_check_tol: float = 1e-5  # max |recomputed − rollout| per-step log-prob on the first minibatch
+    num_envs: int = param(16, "parallel envs in rollouts", ge=1)
+    num_steps: int = param(128, "decisions (action chunks) per env per iteration", ge=1)
+    K: int | None = param(None, "denoising steps in rollouts, updates, evaluation and the saved policy "
+                                "(null: the policy's)", ge=1)
+    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
+    gae_lambda: float = param(0.95, "GAE λ", ge=0, le=1)
+    update_epochs: int = param(5, "PPO epochs over each rollout", ge=1)
+    minibatch_size: int = param(1024, "decisions per PPO minibatch", ge=1)
+    clip_range: float = param(0.01, "PPO clip range of the (per-dimension mean) chain ratio", gt=0)
+    logprob_reduction: Literal["mean", "sum"] = param(
+        "mean", "chain log-prob: per-dimension mean (ReinFlow's scale) or joint sum (see module docstring)")
+    ent_coef: float = param(0.03, "weight of the noise-entropy bonus (mean log σ)", ge=0)
+    bc_coef: float = param(0.0, "weight of a BC loss toward the frozen pretrained policy", ge=0)
+    actor_lr: float = param(4.5e-5, "policy learning rate", gt=0)
+    noise_lr: float = param(4.5e-5, "noise-net learning rate", gt=0)
+    critic_lr: float = param(6.5e-4, "critic learning rate", gt=0)
+    lr_min_fraction: float = param(0.1, "cosine schedules decay to this fraction of the initial rates", ge=0, le=1)
+    max_grad_norm: float = param(1.0, "gradient-norm clip", gt=0)
+    target_kl: float | None = param(1.0, "stop an update's epochs when approx-KL exceeds this (null: never)", gt=0)
+    critic_warmup_iterations: int = param(2, "iterations that train only the critic", ge=0)
+    sigma_min: float = param(0.10, "lower bound of the learned noise std (normalized action units)", gt=0)
+    sigma_max: float = param(0.24, "upper bound of the learned noise std", gt=0)
+    sigma_max_end: float | None = param(None, "linear schedule of sigma_max to this value over the run", gt=0)
+    noise_hidden: list[int] = param([64, 64], "noise-net hidden widths", ge=1)
+    critic_hidden: list[int] = param([256, 256, 256], "critic hidden widths", ge=1)
+    critic_activation: Activation = param("silu", "critic activation")
+    normalize_rewards: bool = param(True, "divide rewards by a running std of the discounted return")
+    ratio_check_tol: float = param(1e-5, "max |recomputed − rollout| step log-prob on the first minibatch", gt=0)
+
+    def __post_init__(self):
+        if self.sigma_min > self.sigma_max:
+            raise ConfigError(f"sigma_min ({self.sigma_min}) must be ≤ sigma_max ({self.sigma_max})")
 
 
 class ReinFlowLearner(OnPolicyLearner):
@@ -92,7 +97,7 @@ class ReinFlowLearner(OnPolicyLearner):
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
         pc = policy.config
-        self.K = config.K or pc.num_steps
+        self.K = adopt_training_K(policy, config.K)
         self.D = pc.chunk_dim
         self.noise = NoiseNet(pc.chunk_dim, pc.cond_dim, config.sigma_min, config.sigma_max,
                               hidden=tuple(config.noise_hidden)).to(self.device)
@@ -131,103 +136,48 @@ class ReinFlowLearner(OnPolicyLearner):
             self.noise.set_bounds(c.sigma_min, c.sigma_max + (c.sigma_max_end - c.sigma_max) * progress)
 
     # -- rollout ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def collect(self, iteration: int) -> dict:
         self._schedule(iteration)
-        obs = self.envs.reset(seed=self.seed * 1_000_003 + iteration * self.cfg.num_envs)
-        if self.reward_scale:
-            self.reward_scale.returns[:] = 0.0  # episodes restart at every iteration
-        self.buffer.reset()
-        act_steps = self.policy.config.act_steps
-        episode_returns, episode_lengths, env_steps, env_seconds = [], [], 0, 0.0
-        while not self.buffer.full:
-            cond = self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+
+        def act(cond):
             chain = self.policy.sample(cond, self.sampler, self.K, self.generator)
-            actions = self.policy.env_actions(chain.actions)[:, :act_steps].cpu().numpy()
-            tick = time.perf_counter()
-            out = self.envs.step(actions)
-            env_seconds += time.perf_counter() - tick
-            rewards = self.reward_scale(out.reward, out.done) if self.reward_scale else out.reward
-            next_cond = self.policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=self.device))
-            # the rollout's last decision is cut by the iteration boundary: bootstrap it like a truncation
-            truncated = out.truncated | (self.buffer.step == self.buffer.T - 1)
-            self.buffer.add(cond, chain.xs, chain.log_probs, self.value(cond), rewards, out.terminated, truncated,
-                            next_cond)
-            episode_returns += out.episode_returns
-            episode_lengths += out.episode_lengths
-            env_steps += int(out.env_steps.sum())
-            obs = out.obs
-        self.buffer.finish(self.value, self.cfg.gamma, self.cfg.gae_lambda)
-        return {"env_steps": env_steps, "episode_returns": episode_returns, "episode_lengths": episode_lengths,
-                "env_s": env_seconds}
+            return chain.actions, {"chain_xs": chain.xs, "log_probs": chain.log_probs}
+
+        return self.collect_into_buffer(iteration, act)
 
     # -- update -----------------------------------------------------------------------------------
     def _reduce(self, step_log_probs: torch.Tensor) -> torch.Tensor:
         total = step_log_probs.sum(-1)
         return total / (self.K * self.D) if self.cfg.logprob_reduction == "mean" else total
 
-    def update(self, iteration: int) -> dict:
+    def _policy_terms(self, mb: dict) -> PolicyTerms:
+        """The chain's likelihood ratio, the noise-entropy bonus and the BC regularizer."""
         c = self.cfg
-        actor_active = iteration >= c.critic_warmup_iterations
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
-                                                         "clipfrac", "bc_loss", "logprob_max_dev")}
-        first = True
-        stop = False
-        # normalize advantages once over the whole rollout (a per-minibatch std is undefined for one row)
-        adv_all = self.buffer.advantages
-        self.buffer.advantages = (adv_all - adv_all.mean()) / (adv_all.std() + 1e-8)
-        for _epoch in range(c.update_epochs):
-            for mb in self.buffer.minibatches(c.minibatch_size, self.generator):
-                stats["value_loss"].append(value_regression_step(self.value, self.critic, self.critic_opt, mb["cond"],
-                                                                 mb["returns"], c.max_grad_norm))
-                if not actor_active:
-                    continue
+        x_next, mean, std = self.sampler.step_distributions(self.policy.model.model_fn(self.K), mb["cond"],
+                                                            mb["chains"], self.K)
+        step_log_probs = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
+        entropy = std.log().mean()  # Gaussian entropy per dimension, up to a constant
+        terms = PolicyTerms(log_ratio=self._reduce(step_log_probs) - self._reduce(mb["log_probs"]),
+                            deviation=step_log_probs - mb["log_probs"], extra_losses=[-(c.ent_coef * entropy)],
+                            stats={"entropy": entropy.item()})
+        if self.reference is not None:
+            with torch.no_grad():
+                target = self.reference.sample(mb["cond"], K=self.K, generator=self.generator).actions
+            bc_loss = self.policy.bc_loss(mb["cond"], target, generator=self.generator)
+            terms.extra_losses.append(c.bc_coef * bc_loss)
+            terms.stats["bc_loss"] = bc_loss.item()
+        return terms
 
-                x_next, mean, std = self.sampler.step_distributions(self.policy.model.model_fn(self.K), mb["cond"],
-                                                                    mb["chains"], self.K)
-                step_log_probs = gaussian_log_prob(x_next, mean, std).reshape(-1, self.K)
-                if first:  # θ = θ_old here: every recomputed step log-prob must equal the rollout's
-                    stats["logprob_max_dev"].append(check_ratio_is_one(
-                        step_log_probs - mb["log_probs"], c.ratio_check_tol, iteration, "chain log-probs"))
-                    first = False
-                log_ratio = self._reduce(step_log_probs) - self._reduce(mb["log_probs"])
-                ratio = log_ratio.exp()
-                adv = mb["advantages"]
-                policy_loss = clipped_surrogate(ratio, adv, c.clip_range)
-                entropy = std.log().mean()  # Gaussian entropy per dimension, up to a constant
-                loss = policy_loss - c.ent_coef * entropy
-                if self.reference is not None:
-                    with torch.no_grad():
-                        target = self.reference.sample(mb["cond"], K=self.K, generator=self.generator).actions
-                    bc_loss = self.policy.bc_loss(mb["cond"], target, generator=self.generator)
-                    loss = loss + c.bc_coef * bc_loss
-                    stats["bc_loss"].append(bc_loss.item())
-                self.actor_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(list(self.policy.parameters()) + list(self.noise.parameters()),
-                                         c.max_grad_norm)
-                self.actor_opt.step()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean().item()
-                stats["policy_loss"].append(policy_loss.item())
-                stats["entropy"].append(entropy.item())
-                stats["approx_kl"].append(approx_kl)
-                stats["clipfrac"].append(((ratio - 1).abs() > c.clip_range).float().mean().item())
-                if c.target_kl is not None and approx_kl > c.target_kl:
-                    stop = True
-                    break
-            if stop:
-                break
-
+    def update(self, iteration: int) -> dict:
+        params = list(self.policy.parameters()) + list(self.noise.parameters())
+        stats, stop = self.update_from_buffer(iteration, self._policy_terms, params,
+                                              ("logprob_max_dev", "chain log-probs"))
         values, returns = self.buffer.values.flatten(), self.buffer.returns.flatten()
         explained = 1 - (returns - values).var() / (returns.var() + 1e-8)
-        out = {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v and k not in ("clipfrac",)}
-        if stats["clipfrac"]:
-            out["charts/clipfrac"] = float(np.mean(stats["clipfrac"]))
+        out = summarize(stats)
         out["losses/explained_variance"] = explained.item()
-        out["charts/noise_std"] = math.exp(stats["entropy"][-1]) if stats["entropy"] else float("nan")
+        if stats["entropy"]:
+            out["charts/noise_std"] = math.exp(stats["entropy"][-1])
         out["charts/actor_lr"] = self.actor_opt.param_groups[0]["lr"]
         out["charts/kl_early_stop"] = float(stop)
-        if not stats["entropy"]:
-            out.pop("charts/noise_std")
         return out

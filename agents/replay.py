@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from agents.rollout import Rollout
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import Sampler
@@ -97,8 +98,11 @@ def demonstration_transitions(policy: Policy, source: str, reward_scale: float =
         T = ep.length
         starts = np.arange(0, T, H)
         idx = np.minimum(starts[:, None] + np.arange(pc.horizon), T - 1)
-        history = np.maximum(starts[:, None] + np.arange(-pc.n_obs_steps + 1, 1), 0)
-        next_history = np.minimum(history + H, T)
+        # the env's history at step s is o_{s−n+1} … o_s, padded with the reset observation o_0 (as
+        # envs.vector's FrameStackObservation does); the next decision starts at s + H, or ends at T
+        offsets = np.arange(-pc.n_obs_steps + 1, 1)
+        history = np.maximum(starts[:, None] + offsets, 0)
+        next_history = np.maximum(np.minimum(starts + H, T)[:, None] + offsets, 0)
         with torch.no_grad():
             parts["cond"].append(policy.condition(torch.as_tensor(ep.observations[history], device=device)))
             parts["next_cond"].append(policy.condition(torch.as_tensor(ep.observations[next_history], device=device)))
@@ -119,20 +123,15 @@ def collect_into_replay(policy: Policy, sampler: Sampler, K: int, envs: VecEnv, 
     """Reset ``envs`` with ``seed`` (so a resumed run needs no simulator state), run ``num_steps`` decisions
     of ``policy`` (+ Gaussian exploration noise, then clipped to the box: the executed action is what is
     stored) and add every transition to ``replay``. Returns the runner's rollout metrics."""
-    obs = envs.reset(seed=seed)
-    act_steps, device = policy.config.act_steps, policy.device
-    returns, lengths, env_steps = [], [], 0
-    for _ in range(num_steps):
-        cond = policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=device))
+
+    def act(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = policy.sample(cond, sampler, K, generator).actions
         if exploration_noise:
-            x = x + exploration_noise * torch.randn(x.shape, generator=generator, device=device)
+            x = x + exploration_noise * torch.randn(x.shape, generator=generator, device=x.device)
         x = x.clamp(-1.0, 1.0)  # env_actions clips identically
-        out = envs.step(policy.env_actions(x)[:, :act_steps].cpu().numpy())
-        next_cond = policy.condition(torch.as_tensor(out.final_obs, dtype=torch.float32, device=device))
-        replay.add(cond, x, out.reward * reward_scale, next_cond, out.terminated)
-        returns += out.episode_returns
-        lengths += out.episode_lengths
-        env_steps += int(out.env_steps.sum())
-        obs = out.obs
-    return {"env_steps": env_steps, "episode_returns": returns, "episode_lengths": lengths}
+        return x, x
+
+    rollout = Rollout(policy, envs)
+    for step in rollout.decisions(seed, act, num_steps):
+        replay.add(step.cond, step.record, step.out.reward * reward_scale, step.next_cond, step.out.terminated)
+    return rollout.metrics()

@@ -9,8 +9,13 @@ directory holds::
     checkpoints/last/          policy checkpoint + training_state.* (what --resume continues from)
     checkpoints/best/          policy with the best evaluation return so far
     policy/                    the final policy (load_agent / flowpolicy evaluate)
-    config.json                the resolved configuration
+    config.json                the resolved configuration (written before any work starts)
     summary.json               initial/final/best return and normalized score, env_steps, wall_s, env_steps_per_s
+
+A run is resumable from its first second: ``checkpoints/last`` is written at iteration 0, before the initial
+evaluation, and a run directory with only ``config.json`` starts from scratch on ``--resume``. Resuming a
+finished run changes nothing and returns its summary. Ctrl-C stops between two statements of the loop
+with the last checkpoint intact (:class:`RunInterrupted`).
 
 Exact resume: every iteration resets its envs with seeds derived from (seed, iteration) and all
 randomness flows through generators saved in the training state, so a run resumed from ``last`` repeats
@@ -37,6 +42,7 @@ from envs.evaluation import evaluate_agent
 from envs.registry import get_task
 from flowpolicy.agent import Agent
 from flowpolicy.checkpoint import atomic_write_json, save_policy
+from flowpolicy.config import param
 from flowpolicy.policy import Policy
 
 
@@ -75,17 +81,26 @@ def last_checkpoint(run_dir: str | Path) -> Path:
     return checkpoints / "last"
 
 
+def has_training_state(checkpoint: Path) -> bool:
+    return (checkpoint / "training_state.json").is_file()
+
+
 class NonFiniteError(FloatingPointError):
     """A loss or parameter became NaN/inf; the message names the iteration and the kept checkpoint."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a run; the message names the last checkpoint and how to resume."""
+
+
 @dataclass
 class RunnerConfig:
-    total_env_steps: int = 1_000_000
-    eval_every: int = 5  # iterations; 0 = only at the start and the end
-    eval_episodes: int = 10
-    checkpoint_every: int = 1  # iterations
-    progress: bool = True
+    total_env_steps: int = param(1_000_000, "env-step budget of the run", ge=1)
+    eval_every: int = param(5, "iterations between deterministic evaluations (0: only at the start and end)",
+                            ge=0)
+    eval_episodes: int = param(10, "episodes per evaluation", ge=1)
+    checkpoint_every: int = param(1, "iterations between checkpoints/last saves", ge=1)
+    progress: bool = param(True, "show a progress bar")
 
 
 class Learner(Protocol):
@@ -156,9 +171,12 @@ class Runner:
         shutil.rmtree(old, ignore_errors=True)
 
     # -- the loop ---------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> dict:
-        from torch.utils.tensorboard import SummaryWriter
+    def finished(self, state: dict) -> bool:
+        return state["iteration"] >= self.iterations or \
+            (self.until_env_steps and state["env_steps"] >= self.cfg.total_env_steps)
 
+    def run(self, resume: bool = False) -> dict:
+        """Run (or with ``resume``, continue from ``checkpoints/last``) until the budget is spent."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = {"iteration": 0, "env_steps": 0, "wall_s": 0.0, "initial_eval": None, "best_eval": None,
                  "last_eval": None}
@@ -167,6 +185,21 @@ class Runner:
             extra, arrays = load_training_state(last_checkpoint(self.run_dir), modules, optimizers, generators)
             state.update(extra["runner"])
             self.learner.load_extra(extra["learner"], arrays)
+            if self.finished(state) and state["last_eval"] is not None:
+                return self._finish(state, rewrite=False)
+        else:  # iteration 0 on disk before any work: a kill from here on resumes
+            self._save("last", 0, {**state}, with_training_state=True)
+        self._saved_iteration = state["iteration"]
+        try:
+            return self._loop(state)
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"interrupted; the last checkpoint is {last_checkpoint(self.run_dir)} (iteration "
+                                 f"{self._saved_iteration}); continue with: flowpolicy finetune --resume "
+                                 f"{self.run_dir}") from None
+
+    def _loop(self, state: dict) -> dict:
+        from torch.utils.tensorboard import SummaryWriter
+
         writer = SummaryWriter(str(self.run_dir))
         start_wall = time.time() - state["wall_s"]
         if state["initial_eval"] is None:
@@ -183,61 +216,70 @@ class Runner:
                    desc=f"{self.metadata.get('algorithm', 'finetune')} {self.env_id}",
                    disable=not self.cfg.progress or None, dynamic_ncols=True)
         last_return = None
-        for iteration in range(state["iteration"], self.iterations):
-            t0 = time.time()
-            with single_threaded():
-                rollout = self.learner.collect(iteration)
-            t1 = time.time()
-            metrics = self.learner.update(iteration)
-            t2 = time.time()
-            modules = self.learner.training_state()[0]
-            bad = _all_finite(metrics, modules)
-            if bad is not None:
-                bar.close()
-                writer.close()
-                raise NonFiniteError(f"non-finite {bad} at iteration {iteration}; the last good checkpoint is "
-                                     f"{self.run_dir / 'checkpoints' / 'last'} (iteration {state['iteration']})")
-            state["env_steps"] += rollout["env_steps"]
-            state["iteration"] = iteration + 1
-            step = state["iteration"] if self.offline else state["env_steps"]
-            returns = rollout.get("episode_returns", [])
-            if returns:
-                last_return = float(np.mean(returns))
-                writer.add_scalar("charts/episodic_return", last_return, step)
-                writer.add_scalar("charts/episodic_length", float(np.mean(rollout["episode_lengths"])), step)
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, step)
-            writer.add_scalar("perf/env_steps_per_s", rollout["env_steps"] / max(t2 - t0, 1e-9), step)
-            writer.add_scalar("perf/rollout_s", t1 - t0, step)
-            if "env_s" in rollout:  # rollout time = env stepping + policy inference (+ bookkeeping)
-                writer.add_scalar("perf/env_s", rollout["env_s"], step)
-            writer.add_scalar("perf/update_s", t2 - t1, step)
-            last_iteration = iteration + 1 == self.iterations or \
-                (self.until_env_steps and state["env_steps"] >= self.cfg.total_env_steps)
-            if last_iteration or (self.cfg.eval_every and (iteration + 1) % self.cfg.eval_every == 0):
-                state["last_eval"] = self.evaluate()
-                self._log_eval(writer, state["last_eval"], step)
-                writer.add_scalar("eval/wall_s", time.time() - start_wall, step)
-                best = state["best_eval"]
-                if best is None or state["last_eval"]["return_mean"] > best["return_mean"]:
-                    state["best_eval"] = {**state["last_eval"], "env_steps": step}
-                    self._save("best", iteration + 1, {**state}, with_training_state=False)
-            state["wall_s"] = time.time() - start_wall
-            if last_iteration or (iteration + 1) % self.cfg.checkpoint_every == 0:
-                self._save("last", iteration + 1, {**state}, with_training_state=True)
-            bar.update(1 if self.offline else rollout["env_steps"])
-            bar.set_postfix(sps=f"{rollout['env_steps'] / max(t2 - t0, 1e-9):.0f}",
-                            ret=f"{last_return:.0f}" if last_return is not None else "-",
-                            eval=f"{state['last_eval']['return_mean']:.0f}")
-            if last_iteration:
-                break
-        bar.close()
-        writer.close()
-        save_policy(self.learner.eval_policy(), self.run_dir / "policy",
-                    metadata={**self.metadata, "env_id": self.env_id, "env_steps": state["env_steps"],
-                              "eval": state["last_eval"]})
+        try:
+            for iteration in range(state["iteration"], self.iterations):
+                if self.finished(state):
+                    break
+                t0 = time.time()
+                with single_threaded():
+                    rollout = self.learner.collect(iteration)
+                t1 = time.time()
+                metrics = self.learner.update(iteration)
+                t2 = time.time()
+                modules = self.learner.training_state()[0]
+                bad = _all_finite(metrics, modules)
+                if bad is not None:
+                    raise NonFiniteError(f"non-finite {bad} at iteration {iteration}; the last good checkpoint is "
+                                         f"{last_checkpoint(self.run_dir)} (iteration {self._saved_iteration})")
+                state["env_steps"] += rollout["env_steps"]
+                state["iteration"] = iteration + 1
+                step = state["iteration"] if self.offline else state["env_steps"]
+                returns = rollout.get("episode_returns", [])
+                if returns:
+                    last_return = float(np.mean(returns))
+                    writer.add_scalar("charts/episodic_return", last_return, step)
+                    writer.add_scalar("charts/episodic_length", float(np.mean(rollout["episode_lengths"])), step)
+                for key, value in metrics.items():
+                    writer.add_scalar(key, value, step)
+                writer.add_scalar("perf/env_steps_per_s", rollout["env_steps"] / max(t2 - t0, 1e-9), step)
+                writer.add_scalar("perf/rollout_s", t1 - t0, step)
+                if "env_s" in rollout:  # rollout time = env stepping + policy inference (+ bookkeeping)
+                    writer.add_scalar("perf/env_s", rollout["env_s"], step)
+                writer.add_scalar("perf/update_s", t2 - t1, step)
+                last_iteration = self.finished(state)
+                if last_iteration or (self.cfg.eval_every and (iteration + 1) % self.cfg.eval_every == 0):
+                    state["last_eval"] = self.evaluate()
+                    self._log_eval(writer, state["last_eval"], step)
+                    writer.add_scalar("eval/wall_s", time.time() - start_wall, step)
+                    best = state["best_eval"]
+                    if best is None or state["last_eval"]["return_mean"] > best["return_mean"]:
+                        state["best_eval"] = {**state["last_eval"], "env_steps": step}
+                        self._save("best", iteration + 1, {**state}, with_training_state=False)
+                state["wall_s"] = time.time() - start_wall
+                if last_iteration or (iteration + 1) % self.cfg.checkpoint_every == 0:
+                    self._save("last", iteration + 1, {**state}, with_training_state=True)
+                    self._saved_iteration = iteration + 1
+                bar.update(1 if self.offline else rollout["env_steps"])
+                bar.set_postfix(sps=f"{rollout['env_steps'] / max(t2 - t0, 1e-9):.0f}",
+                                ret=f"{last_return:.0f}" if last_return is not None else "-",
+                                eval=f"{state['last_eval']['return_mean']:.0f}")
+        finally:
+            bar.close()
+            writer.close()
+        return self._finish(state, rewrite=True)
+
+    def _finish(self, state: dict, rewrite: bool) -> dict:
+        """The final policy and summary.json; a resumed finished run only rewrites what a kill left missing."""
+        policy_dir, summary_path = self.run_dir / "policy", self.run_dir / "summary.json"
+        if rewrite or not (policy_dir / "policy.json").is_file():
+            save_policy(self.learner.eval_policy(), policy_dir,
+                        metadata={**self.metadata, "env_id": self.env_id, "env_steps": state["env_steps"],
+                                  "eval": state["last_eval"]})
         summary = self._summary(state)
-        atomic_write_json(self.run_dir / "summary.json", summary)
+        if rewrite or not summary_path.is_file():
+            atomic_write_json(summary_path, summary)
+        else:
+            summary["resumed_finished_run"] = True
         return summary
 
     def _log_eval(self, writer, result: dict, step: int) -> None:

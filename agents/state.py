@@ -68,6 +68,13 @@ def load_training_state(directory: str | Path, modules: dict[str, nn.Module],
         raise CheckpointError(f"{directory}: corrupt training state ({err})") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{meta_path}: not a flowpolicy training state of version {FORMAT_VERSION}")
+    for name, module in modules.items():  # name the first tensor that does not fit, not torch's error dump
+        for key, value in module.state_dict().items():
+            saved = tensors.get(f"module/{name}/{key}")
+            if saved is not None and saved.shape != value.shape:
+                raise CheckpointError(f"{tensor_path}: module/{name}/{key} has shape {tuple(saved.shape)} in the "
+                                      f"saved state but {tuple(value.shape)} in this run — was it started with "
+                                      "other settings?")
     try:
         for name, module in modules.items():
             prefix = f"module/{name}/"

@@ -57,6 +57,9 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
+    except SafetensorError as err:  # e.g. a full disk: name the file, keep the previous one
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: could not be written ({' '.join(str(err).split())})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

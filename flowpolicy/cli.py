@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from flowpolicy import __version__
 
@@ -152,16 +153,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     """Train (or reuse) a SAC expert for ENV_ID and record a Minari dataset of medium or expert quality
-    with reference scores. The expert lives in --expert-dir (default data/experts/ENV_ID) and is reused
-    when present."""
+    with reference scores, as OUT/DATASET_ID (default flowpolicy/<task>-<quality>-v0).
+
+    Expert: --expert-dir if given; else the expert shipped in this checkout's data/experts/ENV_ID
+    (Hopper, Walker2d, HalfCheetah, Ant; reused read-only); else OUT/experts/ENV_ID, where one is trained
+    (--expert-steps env steps; hours on a CPU) unless a previous command left it there. Experts are
+    safetensors + JSON, loaded without unpickling (see data/README.md).
+
+    Quality is measured as the expert fraction (R - R_random) / (R_expert - R_random). "medium" is the
+    training snapshot closest to --medium-fraction; when none is within +-0.15 a warning names the fraction
+    reached and the default dataset id says it (e.g. flowpolicy/hopper-frac97-v0 for 97 % of expert).
+    An existing dataset is never replaced without --overwrite."""
     from pretrain.collect import collect
 
     result = collect(args.env, args.out, quality=args.quality, episodes=args.episodes, seed=args.seed,
-                     expert_dir=args.expert_dir, expert_steps=args.expert_steps,
-                     medium_fraction=args.medium_fraction)
+                     expert_dir=args.expert_dir, expert_steps=args.expert_steps, snapshot_every=args.snapshot_every,
+                     medium_fraction=args.medium_fraction, dataset_id=args.dataset_id, overwrite=args.overwrite)
     print(f"{result.dataset_dir}: {result.episodes} {result.quality} episodes, {result.env_steps} env steps, "
-          f"return {result.return_mean:.1f} ± {result.return_std:.1f} (expert {result.expert_return:.1f}, "
-          f"random {result.random_return:.1f}; demonstrator {result.demonstrator}; {result.wall_s:.0f} s)")
+          f"return {result.return_mean:.1f} ± {result.return_std:.1f} = {result.fraction:.2f} of expert "
+          f"(expert {result.expert_return:.1f}, random {result.random_return:.1f}; demonstrator "
+          f"{result.demonstrator} in {result.expert_dir}; {result.wall_s:.0f} s)")
     return 0
 
 
@@ -190,26 +201,71 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a pretrained policy with online RL (the algorithm named in the config) and print the
     deterministic evaluation return before and after. With --resume RUN_DIR, continue that run exactly
-    where it stopped (its saved config is used; overrides still apply)."""
-    from agents.finetune import FinetuneConfig, finetune, load_run_config
+    where it stopped (its saved config is used; only budget/evaluation overrides may change). Every
+    algo.* key, with its type, default and meaning: `flowpolicy config ALGORITHM`."""
+    from agents.finetune import (
+        FinetuneConfig,
+        check_resume_settings,
+        finetune,
+        read_run_config,
+    )
     from flowpolicy.config import apply_overrides, from_dict, load_config, to_dict
 
-    if args.resume:
-        cfg = from_dict(FinetuneConfig, apply_overrides(to_dict(load_run_config(args.resume)), args.overrides))
-        cfg.out = args.resume
+    resume_dir = args.resume
+    if resume_dir == "":  # bare --resume: the run of --config's out dir, started if it never wrote anything
+        if not args.config:
+            raise CLIError("--resume without RUN_DIR needs --config FILE (the run is its out directory)")
+        cfg = load_config(FinetuneConfig, args.config, args.overrides)
+        if (Path(cfg.out) / "config.json").is_file():
+            resume_dir = cfg.out
+    if resume_dir:
+        saved = read_run_config(resume_dir)
+        data = apply_overrides(saved, args.overrides)
+        if args.config:  # the config a user re-runs must be the one the run started with
+            data = apply_overrides(to_dict(load_config(FinetuneConfig, args.config, [])), args.overrides)
+        cfg = from_dict(FinetuneConfig, data)
+        cfg.out = resume_dir
+        check_resume_settings(to_dict(from_dict(FinetuneConfig, saved)), to_dict(cfg), resume_dir)
     elif args.config:
         cfg = load_config(FinetuneConfig, args.config, args.overrides)
     else:
         raise CLIError("give --config FILE (or --resume RUN_DIR)")
-    s = finetune(cfg, resume=bool(args.resume))
+    s = finetune(cfg, resume=bool(resume_dir), overwrite=args.overwrite)
 
     def fmt(ret, score):
         return f"{ret:.1f}" + (f" (normalized {score:.1f})" if score is not None else "")
 
-    print(f"{cfg.algorithm} on {cfg.env_id}: return before {fmt(s['initial_return'], s['initial_normalized_score'])}"
-          f" -> after {fmt(s['final_return'], s['final_normalized_score'])}; best "
+    done = "finished run, nothing to do: " if s.get("resumed_finished_run") else ""
+    print(f"{done}{cfg.algorithm} on {cfg.env_id}: return before "
+          f"{fmt(s['initial_return'], s['initial_normalized_score'])} -> after "
+          f"{fmt(s['final_return'], s['final_normalized_score'])}; best "
           f"{fmt(s['best_return'], s['best_normalized_score'])}; {s['env_steps']:,} env steps in {s['wall_s']:.0f} s "
           f"({s['env_steps_per_s']:.0f} steps/s). Run: {cfg.out}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print every key of a configuration with its type, default and a one-line description: an online
+    learner's (`flowpolicy config reinflow`: the finetune keys, runner.* and algo.*) or `pretrain`'s."""
+    from flowpolicy.config import describe, format_table
+
+    if args.name == "pretrain":
+        from flowpolicy.policy import PolicyConfig
+        from pretrain.bc import PretrainConfig
+
+        rows = [r for r in describe(PretrainConfig) if r[0] != "policy"]
+        rows += [r for r in describe(PolicyConfig, "policy.") if r[0] not in ("policy.obs_dim", "policy.action_dim")]
+    else:
+        from agents.finetune import ALGORITHMS, FinetuneConfig
+
+        if args.name not in ALGORITHMS:
+            raise CLIError(f"unknown configuration {args.name!r}; choose pretrain or one of "
+                           f"{', '.join(ALGORITHMS)}")
+        rows = [r for r in describe(FinetuneConfig) if r[0] != "algo"] + describe(ALGORITHMS[args.name][0], "algo.")
+    if args.json:
+        print(json.dumps([dict(zip(("key", "type", "default", "doc"), r, strict=True)) for r in rows], indent=1))
+    else:
+        print(format_table(rows))
     return 0
 
 
@@ -230,17 +286,38 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the full description as JSON")
     info.set_defaults(func=cmd_info)
 
+    from inspect import cleandoc
+
+    from pretrain.collect import DEFAULT_MEDIUM_FRACTION
+    from pretrain.expert import ExpertConfig
+
     co = sub.add_parser("collect", help="train/reuse an expert and record a Minari dataset",
-                        description=cmd_collect.__doc__)
+                        description=cleandoc(cmd_collect.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     co.add_argument("--env", required=True, help="gymnasium env id, e.g. Hopper-v5")
-    co.add_argument("--out", required=True, help="directory to write the Minari dataset under")
+    co.add_argument("--out", required=True, help="directory to write the Minari dataset (and a trained expert) under")
     co.add_argument("--quality", choices=["medium", "expert"], default="medium", help="default medium")
-    co.add_argument("--episodes", type=int, default=50, help="episodes to record (default 50)")
-    co.add_argument("--seed", type=int, default=0, help="episode i is reset with SEED+i (default 0)")
-    co.add_argument("--expert-dir", default=None, help="expert directory (default data/experts/ENV_ID)")
-    co.add_argument("--expert-steps", type=int, default=300_000, help="SAC budget if an expert must be trained")
-    co.add_argument("--medium-fraction", type=float, default=0.4,
-                    help="medium = the snapshot closest to this fraction of expert return (default 0.4)")
+    co.add_argument("--episodes", type=int, default=50, help="episodes to record, >= 1 (default 50)")
+    co.add_argument("--seed", type=int, default=0, help="episode i is reset with SEED+i, >= 0 (default 0)")
+    co.add_argument("--demonstrator", choices=["sac"], default="sac",
+                    help="who demonstrates: a SAC expert (default; suite oracles and scripted demonstrators "
+                         "for manipulation tasks are not implemented yet)")
+    co.add_argument("--dataset-id", default=None,
+                    help="Minari id of the dataset (default flowpolicy/<task>-<quality>-v0, e.g. "
+                         "flowpolicy/hopper-medium-v0)")
+    co.add_argument("--overwrite", action="store_true",
+                    help="replace an existing dataset of the same id (refused otherwise)")
+    co.add_argument("--expert-dir", default=None,
+                    help="expert directory (default: the shipped data/experts/ENV_ID, reused read-only, "
+                         "else OUT/experts/ENV_ID)")
+    co.add_argument("--expert-steps", type=int, default=ExpertConfig.total_steps,
+                    help=f"SAC budget in env steps when an expert must be trained, >= 1 "
+                         f"(default {ExpertConfig.total_steps:,}: about 75 min for Hopper on one CPU core)")
+    co.add_argument("--snapshot-every", type=int, default=ExpertConfig.eval_every,
+                    help=f"when training: evaluate and keep a snapshot every N env steps; medium is picked "
+                         f"among them (default {ExpertConfig.eval_every:,})")
+    co.add_argument("--medium-fraction", type=float, default=DEFAULT_MEDIUM_FRACTION,
+                    help=f"medium = the snapshot closest to this expert fraction (R - R_random) / "
+                         f"(R_expert - R_random), in (0, 1) (default {DEFAULT_MEDIUM_FRACTION})")
     co.set_defaults(func=cmd_collect)
 
     pt = sub.add_parser("pretrain", help="behavior-clone a policy from demonstrations",
@@ -254,9 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune a pretrained policy with online RL",
                         description=cmd_finetune.__doc__)
     ft.add_argument("--config", default=None, help="YAML config, e.g. configs/hopper/reinflow.yaml")
-    ft.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run")
-    ft.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    ft.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="", default=None,
+                    help="continue the run in RUN_DIR exactly where it stopped (a finished run: print its summary); "
+                         "bare --resume with --config continues that config's run, or starts it if it never began")
+    ft.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an existing run in the out directory (default: refuse)")
+    ft.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="dotted config overrides, e.g. algo.actor_lr=3e-4 runner.total_env_steps=200000 "
+                         "(all keys: flowpolicy config ALGORITHM)")
     ft.set_defaults(func=cmd_finetune)
+
+    cf = sub.add_parser("config", help="list every key of a configuration (type, default, meaning)",
+                        description=cmd_config.__doc__)
+    cf.add_argument("name", metavar="ALGORITHM|pretrain",
+                    help="reinflow, qsm, cfgrl, grpo, cps, ddpo_is, ddpo_sf, fpo, or pretrain")
+    cf.add_argument("--json", action="store_true", help="print the keys as a JSON list")
+    cf.set_defaults(func=cmd_config)
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint in simulation", description=cmd_evaluate.__doc__)
     ev.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
@@ -282,20 +372,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user can fix, printed as one line: the project's own and the expected environmental ones
+    (files, disks, gymnasium ids, safetensors files). Anything else is a bug and keeps its traceback."""
+    import gymnasium as gym
+    from safetensors import SafetensorError
+
     from flowpolicy.checkpoint import CheckpointError
     from flowpolicy.config import ConfigError
+
+    errors: list[type[BaseException]] = [CheckpointError, ConfigError, CLIError, OSError, gym.error.Error,
+                                         SafetensorError]
+    try:  # the runner's NonFiniteError: the run stopped, its last good checkpoint is kept and named
+        from agents.runner import NonFiniteError
+
+        errors.append(NonFiniteError)
+    except ImportError:  # pragma: no cover - agents is part of the distribution
+        pass
+    return tuple(errors)
+
+
+def _describe_error(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in str(err):
+        return f"{err.filename}: {err.strerror or err}"
+    text = " ".join(str(err).split())  # one line, whatever the library put in its message
+    return text or type(err).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+
+    def stop(signum, frame):  # SIGTERM (schedulers, `kill`) stops like Ctrl-C: checkpoints intact
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop) if argv is None else None
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, ConfigError, CLIError, ValueError, FloatingPointError) as err:
-        print(f"flowpolicy {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"flowpolicy {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return 130
+    except _user_errors() as err:
+        print(f"flowpolicy {args.command}: error: {_describe_error(err)}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
 ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+Activation = Literal["mish", "relu", "gelu", "silu", "tanh"]  # the names of ACTIVATIONS, for config fields
 
 
 def activation(name: str) -> nn.Module:

@@ -77,7 +77,7 @@ def test_tiny_budget_collect_writes_a_loadable_dataset(tmp_path):
         episodes, meta = load_minari_dataset(result.dataset_dir)
         assert len(episodes) == 3 and meta["seeds"] == [5, 6, 7]
         assert all(e.observations.shape == (e.length + 1, 4) and e.actions.shape == (e.length, 1) for e in episodes)
-        assert meta["quality"] == quality and meta["ref_max_score"] == result.expert_return
+        assert meta["requested_quality"] == quality and meta["ref_max_score"] == result.expert_return
         assert meta["env_id"] == "InvertedPendulum-v5" and meta["ref_min_score"] is not None
 
 
