@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from flowpolicy.checkpoint import load_policy
-from flowpolicy.config import ConfigError
+from flowpolicy.config import ConfigError, check_device
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import Sampler
 
@@ -26,21 +26,6 @@ def episode_noise_seed(episode_seed: int) -> int:
     """The torch seed of a seeded episode's sampler noise: derived from the episode (reset) seed, so it is
     not the same stream as the reset or as a run's own generators that start from the same integer."""
     return int(np.random.SeedSequence([int(episode_seed), 0x0F10]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def check_device(device: str) -> None:
-    """One-line :class:`ConfigError` for a torch device this machine does not have (e.g. ``cuda`` here)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"device {device!r} is not a torch device ({err})") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r}: CUDA is not available")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device!r}: MPS is not available")
 
 
 class Agent:

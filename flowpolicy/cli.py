@@ -41,7 +41,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from envs.evaluation import EvaluationError, evaluate_agent, record_video
     from envs.registry import get_task
-    from flowpolicy.agent import check_device, load_agent
+    from flowpolicy.agent import load_agent
+    from flowpolicy.config import check_device
 
     def _positive(name: str, value, minimum: int = 1):
         if value is not None and value < minimum:
@@ -65,7 +66,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _positive("--num-envs", args.num_envs)
     _positive("--K", args.K)
     _positive("--seed", args.seed, 0)
-    check_device(args.device)
+    check_device(args.device, "--device")
     sampler_params = {}
     for item in args.sampler_param or []:
         key, sep, value = item.partition("=")

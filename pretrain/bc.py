@@ -35,9 +35,9 @@ from tqdm import tqdm
 
 from envs.evaluation import evaluate_agent
 from envs.registry import get_task
-from flowpolicy.agent import Agent, check_device
+from flowpolicy.agent import Agent
 from flowpolicy.checkpoint import atomic_write_json, save_policy
-from flowpolicy.config import ConfigError, from_dict
+from flowpolicy.config import ConfigError, check_device, from_dict, param, to_dict
 from flowpolicy.normalizers import ActionNormalizer, ObservationNormalizer
 from flowpolicy.policy import Policy, PolicyConfig
 from pretrain.datasets import (
@@ -53,41 +53,20 @@ from pretrain.datasets import (
 
 @dataclass
 class BCTrainConfig:
-    steps: int = 20_000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    warmup_steps: int = 500
-    ema_decay: float = 0.995
-    grad_clip: float = 1.0
-    val_fraction: float = 0.05
-    val_every: int = 1000
-    eval_every: int = 5000  # 0: evaluate only at the end
-    eval_episodes: int = 10
-    checkpoint_every: int = 5000  # 0: only the final policy
-    log_every: int = 100
-
-    def __post_init__(self):
-        _require(self, "train", {
-            "steps": (lambda v: v >= 1, "≥ 1"), "batch_size": (lambda v: v >= 1, "≥ 1"),
-            "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, "≥ 0"),
-            "warmup_steps": (lambda v: v >= 0, "≥ 0"), "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
-            "grad_clip": (lambda v: v > 0, "> 0"), "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
-            "val_every": (lambda v: v >= 1, "≥ 1"), "eval_every": (lambda v: v >= 0, "≥ 0 (0: only at the end)"),
-            "eval_episodes": (lambda v: v >= 0, "≥ 0 (0: no evaluation)"),
-            "checkpoint_every": (lambda v: v >= 0, "≥ 0 (0: only the final policy)"),
-            "log_every": (lambda v: v >= 1, "≥ 1"),
-        })
-
-
-def _require(cfg, prefix: str, rules: dict) -> None:
-    """One-line :class:`ConfigError` naming the dotted key of the first value outside its range (NaN and
-    infinities are out of every range)."""
-    for name, (ok, allowed) in rules.items():
-        value = getattr(cfg, name)
-        numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        if not numeric or not math.isfinite(value) or not ok(value):
-            raise ConfigError(f"{prefix}.{name} must be {allowed}, got {value!r}".removeprefix("."))
+    steps: int = param(20_000, "gradient steps", ge=1)
+    batch_size: int = param(256, "minibatch size", ge=1)
+    lr: float = param(1e-3, "AdamW learning rate (peak of the cosine schedule)", gt=0)
+    weight_decay: float = param(1e-6, "AdamW weight decay", ge=0)
+    warmup_steps: int = param(500, "linear learning-rate warm-up steps", ge=0)
+    ema_decay: float = param(0.995, "decay of the weight EMA that is evaluated and saved", ge=0, lt=1)
+    grad_clip: float = param(1.0, "gradient-norm clip", gt=0)
+    val_fraction: float = param(0.05, "share of whole episodes held out for the validation loss", ge=0, lt=1)
+    val_every: int = param(1000, "steps between validation losses", ge=1)
+    eval_every: int = param(5000, "steps between evaluation rollouts (0: only at the end)", ge=0)
+    eval_episodes: int = param(10, "episodes per evaluation, seeded with the run's seed (0: no evaluation)", ge=0)
+    checkpoint_every: int = param(5000, "steps between EMA snapshots in checkpoints/ (0: only the final policy)",
+                                  ge=0)
+    log_every: int = param(100, "steps between TensorBoard loss scalars", ge=1)
 
 
 @dataclass
@@ -95,23 +74,22 @@ class PretrainConfig:
     """A behavior-cloning run. ``policy`` holds :class:`PolicyConfig` fields except the dimensions,
     which come from the dataset."""
 
-    env_id: str = "Hopper-v5"
-    dataset: str = ""  # Minari dataset directory or id, or a robomimic .hdf5 file
-    data_dir: str | None = None  # where Minari dataset ids are looked up (default MINARI_DATASETS_PATH)
-    out: str = "runs/pretrain"
-    seed: int = 0
-    device: str = "cpu"
-    torch_threads: int = 0  # 0: leave torch's default
-    policy: dict = field(default_factory=dict)
+    env_id: str = param("Hopper-v5", "the env the policy is for: a gymnasium id, module:EnvId or module:Class")
+    dataset: str = param("", "Minari dataset directory or id, or a robomimic .hdf5 file, recorded on env_id")
+    data_dir: str | None = param(None, "where Minari dataset ids are looked up (null: $MINARI_DATASETS_PATH)")
+    out: str = param("runs/pretrain", "run directory (refused when it already holds a run, unless overwrite)")
+    seed: int = param(0, "seed of training and of the evaluations (episode k reset with seed + k)", ge=0)
+    device: str = param("cpu", "torch device, e.g. cpu or cuda")
+    torch_threads: int = param(0, "torch CPU threads (0: leave torch's default)", ge=0)
+    policy: dict = param({}, "PolicyConfig fields except obs_dim/action_dim (see the policy.* keys)")
     train: BCTrainConfig = field(default_factory=BCTrainConfig)
-    allow_env_mismatch: bool = False  # accept a dataset recorded on another env id (deliberate cross-env use)
-    overwrite: bool = False  # replace the outputs of an earlier run in ``out`` (default: refuse)
+    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id (deliberate cross-env use)")
+    overwrite: bool = param(False, "replace an earlier run in out (same as pretrain --overwrite)")
 
     def __post_init__(self):
-        _require(self, "", {"seed": (lambda v: v >= 0, "≥ 0"), "torch_threads": (lambda v: v >= 0, "≥ 0")})
         for key in ("env_id", "out", "device"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
-                raise ConfigError(f"{key} must be a non-empty string, got {getattr(self, key)!r}")
+                raise ConfigError(f"{key}: must be a non-empty string, got {getattr(self, key)!r}")
 
 
 def load_demonstrations(source: str, data_dir: str | None = None, env_id: str | None = None,
@@ -174,6 +152,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     start = time.time()
+    cfg = from_dict(PretrainConfig, to_dict(cfg))  # every key's type and range, also for configs built in code
     out = Path(cfg.out)
     tc = cfg.train
     # Everything that can fail on bad input is checked before anything is written.
