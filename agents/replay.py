@@ -87,11 +87,14 @@ def demonstration_transitions(policy: Policy, source: str, reward_scale: float =
     been recorded on that env (unless ``allow_env_mismatch``: config key ``algo.allow_env_mismatch``); its
     sizes must match the policy's in any case — one-line ``DatasetError``s."""
     from pretrain.bc import load_demonstrations
+    from pretrain.datasets import check_dataset_env, check_matches_env
 
     pc = policy.config
-    episodes, _ = load_demonstrations(source, env_id=env_id or "the policy's env", obs_dim=pc.obs_dim,
-                                      action_dim=pc.action_dim, allow_env_mismatch=allow_env_mismatch or not env_id,
-                                      override_key="algo.allow_env_mismatch")
+    episodes, meta = load_demonstrations(source)
+    if env_id:
+        check_dataset_env(meta.get("env_id"), env_id, f"dataset {source}", allow_env_mismatch,
+                          "algo.allow_env_mismatch: true")
+    check_matches_env(episodes, pc.obs_dim, pc.action_dim, f"dataset {source}", env_id or "the policy")
     H, device = pc.act_steps, policy.device
     parts: dict[str, list] = {"cond": [], "actions": [], "rewards": [], "next_cond": [], "terminated": []}
     for ep in episodes:
