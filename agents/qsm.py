@@ -102,6 +102,7 @@ class QSMConfig:
     dataset: str | None = param(None, "seed the replay buffer with this demonstration dataset (Minari dir or .hdf5)")
     bc_coeff: float = param(0.0, "weight of a BC loss on demonstration batches in the actor loss (needs dataset)",
                             ge=0)
+    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id (deliberate cross-env use)")
 
     def __post_init__(self):
         if self.bc_coeff > 0 and not self.dataset:
@@ -192,7 +193,8 @@ class QSMLearner:
             raise ValueError("bc_coeff > 0 needs algo.dataset (the demonstrations the BC term imitates)")
         self.demos = None  # the demonstrations apart, for the BC term
         if config.dataset:
-            demos = demonstration_transitions(self.policy, config.dataset, config.reward_scale)
+            demos = demonstration_transitions(self.policy, config.dataset, config.reward_scale, env_id,
+                                              config.allow_env_mismatch)
             self.replay.add(**demos)
             if config.bc_coeff:
                 self.demos = ReplayBuffer(len(demos["cond"]), pc.cond_dim, pc.chunk_dim, self.device)

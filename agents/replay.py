@@ -77,16 +77,24 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Ten
     return rewards + gamma * (1.0 - terminated) * next_q
 
 
-def demonstration_transitions(policy: Policy, source: str, reward_scale: float = 1.0) -> dict[str, torch.Tensor]:
+def demonstration_transitions(policy: Policy, source: str, reward_scale: float = 1.0, env_id: str | None = None,
+                              allow_env_mismatch: bool = False) -> dict[str, torch.Tensor]:
     """A demonstration dataset (Minari directory/id or robomimic hdf5) as decision-level transitions for
     :meth:`ReplayBuffer.add`: every H = act_steps env steps from each episode start, the chunk a_t…a_{t+H'−1}
     (H' = the policy's horizon, padded with the last action as BC does), the summed rewards of the steps
     inside the episode (× ``reward_scale``), the next observation o_{t+H} (the final one at the end) and
-    ``terminated`` only on the last decision of a terminated episode."""
+    ``terminated`` only on the last decision of a terminated episode. With ``env_id`` the dataset must have
+    been recorded on that env (unless ``allow_env_mismatch``: config key ``algo.allow_env_mismatch``); its
+    sizes must match the policy's in any case — one-line ``DatasetError``s."""
     from pretrain.bc import load_demonstrations
+    from pretrain.datasets import check_dataset_env, check_matches_env
 
-    episodes, _ = load_demonstrations(source)
     pc = policy.config
+    episodes, meta = load_demonstrations(source)
+    if env_id:
+        check_dataset_env(meta.get("env_id"), env_id, f"dataset {source}", allow_env_mismatch,
+                          "algo.allow_env_mismatch: true")
+    check_matches_env(episodes, pc.obs_dim, pc.action_dim, f"dataset {source}", env_id or "the policy")
     H, device = pc.act_steps, policy.device
     parts: dict[str, list] = {"cond": [], "actions": [], "rewards": [], "next_cond": [], "terminated": []}
     for ep in episodes:

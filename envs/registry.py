@@ -8,13 +8,32 @@ has no normalized score.
 Where the numbers come from: ``random_score`` is the mean return of uniform-random actions over 100
 episodes (``python benchmarks/reference_scores.py``); ``expert_score`` is the mean return of the expert
 in ``data/experts/<env_id>/expert.json`` over 10 episodes. ``None`` means not measured yet.
+
+Env ids (everywhere an env id is accepted: :func:`get_task`, :func:`envs.vector.make_env`,
+:class:`envs.vector.VecEnv`, evaluation, videos) are one of
+
+- a registered gymnasium id, e.g. ``Hopper-v5``;
+- ``module:EnvId``: ``module`` is imported first (it registers ``EnvId``), then ``gym.make(EnvId)``;
+- ``module:Class``: ``module`` is imported and ``Class`` (a ``gym.Env`` subclass, or any callable returning
+  one) is made through ``gym.make`` with an :class:`~gymnasium.envs.registration.EnvSpec` whose id is the
+  full ``module:Class`` string, so the env gets gymnasium's usual wrappers; when the class has an integer
+  ``max_episode_steps`` attribute, episodes are cut there by ``TimeLimit``.
+
+``module:Name`` is read as an env id when importing ``module`` registers ``Name`` with gymnasium, as a class
+otherwise. A bad id is an :class:`EnvError` in one line.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import gymnasium as gym
+
+
+class EnvError(gym.error.Error, ValueError):
+    """An env id that cannot be made, or an env that flowpolicy cannot use; phrased for the user in one line.
+    A gymnasium error (what the CLI prints as one line) and a ``ValueError``."""
 
 
 @dataclass(frozen=True)
@@ -49,19 +68,59 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _env_creator(env_id: str):
+    """What ``gym.make`` should be given for ``env_id``: a registered id or an :class:`EnvSpec`."""
+    if not isinstance(env_id, str) or not env_id.strip():
+        raise EnvError(f"an env id must be a non-empty string, got {env_id!r}")
+    if ":" not in env_id:
+        return env_id
+    module_name, _, name = env_id.partition(":")
+    if not module_name or not name:
+        raise EnvError(f"env id {env_id!r}: expected module:EnvId or module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise EnvError(f"env id {env_id!r}: cannot import module {module_name!r} ({_one_line(err)})") from None
+    if name in gym.registry:
+        return name
+    target = getattr(module, name, None)
+    if target is None:
+        raise EnvError(f"env id {env_id!r}: module {module_name!r} neither registers a gymnasium env {name!r} "
+                       f"nor defines {name!r}")
+    if not callable(target):
+        raise EnvError(f"env id {env_id!r}: {module_name}.{name} is not an env class or factory")
+    steps = getattr(target, "max_episode_steps", None)
+    steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+    return gym.envs.registration.EnvSpec(id=env_id, entry_point=target, max_episode_steps=steps)
+
+
+def make_gym_env(env_id: str, **env_kwargs) -> gym.Env:
+    """``gym.make`` for any env id this project accepts (see the module docstring); bad ids and gymnasium's
+    own errors become a one-line :class:`EnvError`."""
+    creator = _env_creator(env_id)
+    try:
+        return gym.make(creator, **env_kwargs)
+    except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound) as err:
+        raise EnvError(f"unknown environment {env_id!r}: {_one_line(err)}") from None
+    except gym.error.Error as err:
+        raise EnvError(f"cannot make environment {env_id!r}: {_one_line(err)}") from None
+
+
 def get_task(env_id: str) -> TaskSpec:
     """The registered spec, or one read off the gymnasium env (no reference scores) for any other id."""
     if env_id in TASKS:
         return TASKS[env_id]
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as err:
-        raise ValueError(f"unknown environment {env_id!r}: {err}") from None
+    env = make_gym_env(env_id)
     try:
         obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
         if obs_shape is None or len(obs_shape) != 1 or act_shape is None or len(act_shape) != 1:
-            raise ValueError(f"{env_id}: flowpolicy needs flat Box observations and actions, got "
-                             f"{env.observation_space} and {env.action_space}")
+            raise EnvError(f"{env_id}: flowpolicy needs flat Box observations and actions, got "
+                           f"{env.observation_space} and {env.action_space}")
         steps = env.spec.max_episode_steps if env.spec is not None else None
         return TaskSpec(env_id, obs_shape[0], act_shape[0], steps or 0)
     finally:

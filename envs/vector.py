@@ -20,6 +20,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from envs.registry import EnvError, make_gym_env
+
 
 class ActionChunk(gym.Wrapper):
     """Execute an [H, A] chunk of actions per step; reward = Σ_h reward_gamma^h · r_h over executed steps.
@@ -57,11 +59,12 @@ def make_env(env_id: str, horizon: int = 1, n_obs_steps: int = 1, reward_gamma: 
     """One env: ``RecordEpisodeStatistics`` (per env step) → optional observation history → action chunks.
 
     With ``n_obs_steps > 1`` observations are [n_obs_steps, obs_dim], oldest first, and the history is
-    padded with the reset observation at episode start (as :class:`flowpolicy.Agent` does).
+    padded with the reset observation at episode start (as :class:`flowpolicy.Agent` does). ``env_id`` may be
+    a registered id, ``module:EnvId`` or ``module:Class`` (see :mod:`envs.registry`).
     """
     if render_mode is not None:
         env_kwargs["render_mode"] = render_mode
-    env = gym.make(env_id, **env_kwargs)
+    env = make_gym_env(env_id, **env_kwargs)
     env = gym.wrappers.RecordEpisodeStatistics(env)
     if n_obs_steps > 1:
         env = gym.wrappers.FrameStackObservation(env, n_obs_steps, padding_type="reset")
@@ -94,8 +97,8 @@ class VecEnv:
 
     def __init__(self, env_id: str, num_envs: int, horizon: int = 1, n_obs_steps: int = 1,
                  reward_gamma: float = 1.0, asynchronous: bool = False, **env_kwargs):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be ≥ 1, got {num_envs}")
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
+            raise EnvError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
         self.env_id, self.num_envs, self.horizon, self.n_obs_steps = env_id, num_envs, horizon, n_obs_steps
 
         def factory():

@@ -32,20 +32,51 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate a policy checkpoint in simulation: return mean ± std over N episodes, normalized score
-    (for registered tasks), optionally an mp4 of one episode."""
+    """Evaluate a policy checkpoint in simulation: return mean ± std (and standard error) over N episodes,
+    normalized score (for registered tasks), optionally an mp4 of one episode. Episode k is reset with
+    SEED+k and its sampler noise is seeded from it too, so the result does not depend on --num-envs."""
     import time
 
     from tqdm import tqdm
 
-    from envs.evaluation import evaluate_agent, record_video
+    from envs.evaluation import EvaluationError, evaluate_agent, record_video
+    from envs.registry import get_task
     from flowpolicy.agent import load_agent
+    from flowpolicy.config import check_device
 
+    def _positive(name: str, value, minimum: int = 1):
+        if value is not None and value < minimum:
+            raise CLIError(f"{name} must be ≥ {minimum}, got {value}")
+
+    def _prepare_video_dir(directory: str):
+        """Create the --video directory (and check it is writable) before any episode runs."""
+        import os
+        from pathlib import Path
+
+        path = Path(directory)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CLIError(f"--video {directory}: cannot create the directory ({err.strerror or err})") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise CLIError(f"--video {directory}: the directory is not writable")
+        return path
+
+    _positive("--episodes", args.episodes)
+    _positive("--num-envs", args.num_envs)
+    _positive("--K", args.K)
+    _positive("--seed", args.seed, 0)
+    check_device(args.device, "--device")
     sampler_params = {}
-    if args.sampler_param:
-        for item in args.sampler_param:
-            key, _, value = item.partition("=")
+    for item in args.sampler_param or []:
+        key, sep, value = item.partition("=")
+        try:
             sampler_params[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise CLIError(f"--sampler-param expects KEY=NUMBER (e.g. a=0.7), got {item!r}")
+    video_dir = _prepare_video_dir(args.video) if args.video else None
     agent = load_agent(args.checkpoint, sampler=args.sampler, K=args.K, device=args.device, seed=args.seed,
                        **sampler_params)
     env_id = args.env or agent.metadata.get("env_id")
@@ -54,6 +85,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.guidance and agent.policy.config.kind != "guided_flow":
         raise CLIError(f"--guidance applies to CFGRL (guided_flow) policies; {args.checkpoint} is a "
                        f"{agent.policy.config.kind} policy")
+    task = get_task(env_id)
+    if (task.obs_dim, task.action_dim) != (agent.observation_dim, agent.action_dim):
+        raise CLIError(f"{args.checkpoint} takes observations of size {agent.observation_dim} and gives actions of "
+                       f"size {agent.action_dim}, but {env_id} has {task.obs_dim} and {task.action_dim}")
 
     def run_episodes(desc: str) -> dict:
         start = time.time()
@@ -66,7 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             result = evaluate_agent(agent, env_id, args.episodes, seed=args.seed, num_envs=args.num_envs,
                                     progress=on_episode)
         summary = result.to_dict()
-        summary.update(checkpoint=str(args.checkpoint), sampler=agent.sampler.name, K=agent.K,
+        summary.update(checkpoint=str(args.checkpoint), sampler=agent.sampler.name, K=agent.K, seed=args.seed,
                        wall_s=round(time.time() - start, 2))
         if agent.policy.config.kind == "guided_flow":
             summary["guidance"] = agent.policy.config.guidance
@@ -74,8 +109,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     def line(summary: dict) -> str:
         score = summary.get("normalized_score")
-        return (f"return {summary['return_mean']:.1f} ± {summary['return_std']:.1f} over {summary['episodes']} "
-                f"episodes" + (f", normalized score {score:.1f}" if score is not None else ""))
+        return (f"return {summary['return_mean']:.1f} ± {summary['return_std']:.1f} "
+                f"(s.e. {summary['return_sem']:.1f}) over {summary['episodes']} episodes"
+                + (f", normalized score {score:.1f}" if score is not None else ""))
 
     if args.guidance:  # a sweep over w without retraining
         sweep = []
@@ -94,16 +130,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
 
     summary = run_episodes(f"evaluate {env_id}")
-    if args.video:
-        video, video_return, frames = record_video(agent, env_id, f"{args.video}/{env_id}-seed{args.seed}.mp4",
-                                                   seed=args.seed)
-        summary.update(video=str(video), video_return=video_return, video_frames=frames)
+    video_error = None
+    if video_dir is not None:
+        target = video_dir / f"{env_id.replace(':', '_').replace('/', '_')}-seed{args.seed}.mp4"
+        try:
+            video, video_return, frames = record_video(agent, env_id, target, seed=args.seed)
+            summary.update(video=str(video), video_return=video_return, video_frames=frames)
+        except (OSError, ImportError, RuntimeError, EvaluationError) as err:  # the evaluation stands: print it
+            video_error = f"--video: cannot write {target}: {' '.join(str(err).split())}"
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{env_id}: {line(summary)} ({agent.sampler.name}, K={agent.K}, {summary['wall_s']:.1f} s)")
-        if args.video:
-            print(f"video: {summary['video']} ({frames} frames, episode return {video_return:.1f})")
+        print(f"{env_id}: {line(summary)} ({agent.sampler.name}, K={agent.K}, seed {args.seed}, "
+              f"{summary['wall_s']:.1f} s)")
+        if "video" in summary:
+            print(f"video: {summary['video']} ({summary['video_frames']} frames, episode return "
+                  f"{summary['video_return']:.1f})")
+    if video_error:
+        sys.stdout.flush()
+        raise CLIError(video_error)
     return 0
 
 
@@ -134,11 +179,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Behavior-clone a flow, shortcut or diffusion policy from a demonstration dataset. Settings come
-    from the YAML config and dotted key=value overrides (e.g. train.steps=2000 policy.kind=shortcut)."""
+    from the YAML config and dotted key=value overrides (e.g. train.steps=2000 policy.kind=shortcut).
+    An existing, non-empty output directory is refused unless --overwrite; a dataset recorded on another
+    env is refused unless allow_env_mismatch=true."""
     from flowpolicy.config import load_config
     from pretrain.bc import PretrainConfig, pretrain
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
+    if args.overwrite:
+        cfg.overwrite = True
     summary = pretrain(cfg)
     ev = summary["eval"]
     line = f"{summary['policy']}: {summary['kind']} BC on {summary['dataset']} in {summary['wall_s']:.0f} s"
@@ -275,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="behavior-clone a policy from demonstrations",
                         description=cmd_pretrain.__doc__)
     pt.add_argument("--config", required=True, help="YAML config, e.g. configs/hopper/pretrain.yaml")
+    pt.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier run in the output directory (same as overwrite=true)")
     pt.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     pt.set_defaults(func=cmd_pretrain)
 
@@ -300,20 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint in simulation", description=cmd_evaluate.__doc__)
     ev.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
-    ev.add_argument("--env", default=None, help="gymnasium env id (default: the one the checkpoint was made for)")
-    ev.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
-    ev.add_argument("--seed", type=int, default=0, help="env i's first episode is seeded SEED+i (default 0)")
-    ev.add_argument("--num-envs", type=int, default=None, help="parallel envs (default min(episodes, 8))")
+    ev.add_argument("--env", default=None, help="gymnasium env id, module:EnvId or module:Class (default: the one "
+                    "the checkpoint was made for)")
+    ev.add_argument("--episodes", type=int, default=10, help="number of episodes, ≥ 1 (default 10)")
+    ev.add_argument("--seed", type=int, default=0,
+                    help="episode k is reset with SEED+k and its sampler noise is seeded from it (default 0)")
+    ev.add_argument("--num-envs", type=int, default=None,
+                    help="parallel envs, ≥ 1 (default min(episodes, 8)); the result does not depend on it")
     ev.add_argument("--sampler", default=None,
                     help="sampler (default: deterministic ODE for flows, DDIM eta=0 for diffusion)")
-    ev.add_argument("--K", type=int, default=None, help="denoising steps (default: the policy's)")
+    ev.add_argument("--K", type=int, default=None, help="denoising steps, ≥ 1 (default: the policy's)")
     ev.add_argument("--sampler-param", action="append", metavar="KEY=VALUE",
                     help="sampler parameter, e.g. a=0.7 or eta=0.8 (repeatable)")
-    ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ev.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     ev.add_argument("--guidance", type=float, nargs="+", metavar="W", default=None,
                     help="CFGRL policies: evaluate each guidance weight w (e.g. --guidance 0 1 1.5 2 3)")
     ev.add_argument("--video", metavar="DIR", default=None, help="also write an mp4 of one episode into DIR")
-    ev.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead of text: env, episodes, "
+                    "return_mean, return_std, return_sem, returns, lengths, normalized_score (registered tasks), ...")
     ev.set_defaults(func=cmd_evaluate)
     return parser
 

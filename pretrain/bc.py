@@ -11,6 +11,13 @@ logged to TensorBoard; the run directory ends up with::
     checkpoints/step_N/  periodic EMA snapshots
     events.out.tfevents* TensorBoard scalars (losses/bc_loss, losses/val_loss, charts/eval_return, ...)
     summary.json         final validation loss, evaluation return ± std, normalized score, wall time
+
+A run never replaces an earlier one: an ``out`` that exists and is not empty is refused unless
+``overwrite: true`` (``flowpolicy pretrain --overwrite``); then the earlier run's outputs are removed only
+after the config, env and dataset checks have passed, so a failing start changes nothing. The dataset must
+have been recorded on ``env_id`` (checked by env id, not only by shape) unless ``allow_env_mismatch: true``.
+The evaluations use the run's ``seed`` as evaluation seed (episode k reset with ``seed + k``), so
+``flowpolicy evaluate --checkpoint OUT/policy --seed SEED --episodes EVAL_EPISODES`` reports the same return.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ from envs.evaluation import evaluate_agent
 from envs.registry import get_task
 from flowpolicy.agent import Agent
 from flowpolicy.checkpoint import atomic_write_json, save_policy
-from flowpolicy.config import ConfigError, from_dict
+from flowpolicy.config import ConfigError, check_device, from_dict, param, to_dict
 from flowpolicy.normalizers import ActionNormalizer, ObservationNormalizer
 from flowpolicy.policy import Policy, PolicyConfig
 from pretrain.datasets import (
+    check_dataset_env,
     check_matches_env,
     episode_returns,
     load_minari_dataset,
@@ -45,19 +53,20 @@ from pretrain.datasets import (
 
 @dataclass
 class BCTrainConfig:
-    steps: int = 20_000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    warmup_steps: int = 500
-    ema_decay: float = 0.995
-    grad_clip: float = 1.0
-    val_fraction: float = 0.05
-    val_every: int = 1000
-    eval_every: int = 5000  # 0: evaluate only at the end
-    eval_episodes: int = 10
-    checkpoint_every: int = 5000  # 0: only the final policy
-    log_every: int = 100
+    steps: int = param(20_000, "gradient steps", ge=1)
+    batch_size: int = param(256, "minibatch size", ge=1)
+    lr: float = param(1e-3, "AdamW learning rate (peak of the cosine schedule)", gt=0)
+    weight_decay: float = param(1e-6, "AdamW weight decay", ge=0)
+    warmup_steps: int = param(500, "linear learning-rate warm-up steps", ge=0)
+    ema_decay: float = param(0.995, "decay of the weight EMA that is evaluated and saved", ge=0, lt=1)
+    grad_clip: float = param(1.0, "gradient-norm clip", gt=0)
+    val_fraction: float = param(0.05, "share of whole episodes held out for the validation loss", ge=0, lt=1)
+    val_every: int = param(1000, "steps between validation losses", ge=1)
+    eval_every: int = param(5000, "steps between evaluation rollouts (0: only at the end)", ge=0)
+    eval_episodes: int = param(10, "episodes per evaluation, seeded with the run's seed (0: no evaluation)", ge=0)
+    checkpoint_every: int = param(5000, "steps between EMA snapshots in checkpoints/ (0: only the final policy)",
+                                  ge=0)
+    log_every: int = param(100, "steps between TensorBoard loss scalars", ge=1)
 
 
 @dataclass
@@ -65,24 +74,45 @@ class PretrainConfig:
     """A behavior-cloning run. ``policy`` holds :class:`PolicyConfig` fields except the dimensions,
     which come from the dataset."""
 
-    env_id: str = "Hopper-v5"
-    dataset: str = ""  # Minari dataset directory or id, or a robomimic .hdf5 file
-    data_dir: str | None = None  # where Minari dataset ids are looked up (default MINARI_DATASETS_PATH)
-    out: str = "runs/pretrain"
-    seed: int = 0
-    device: str = "cpu"
-    torch_threads: int = 0  # 0: leave torch's default
-    policy: dict = field(default_factory=dict)
+    env_id: str = param("Hopper-v5", "the env the policy is for: a gymnasium id, module:EnvId or module:Class")
+    dataset: str = param("", "Minari dataset directory or id, or a robomimic .hdf5 file, recorded on env_id")
+    data_dir: str | None = param(None, "where Minari dataset ids are looked up (null: $MINARI_DATASETS_PATH)")
+    out: str = param("runs/pretrain", "run directory (refused when it already holds a run, unless overwrite)")
+    seed: int = param(0, "seed of training and of the evaluations (episode k reset with seed + k)", ge=0)
+    device: str = param("cpu", "torch device, e.g. cpu or cuda")
+    torch_threads: int = param(0, "torch CPU threads (0: leave torch's default)", ge=0)
+    policy: dict = param({}, "PolicyConfig fields except obs_dim/action_dim (see the policy.* keys)")
     train: BCTrainConfig = field(default_factory=BCTrainConfig)
+    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id (deliberate cross-env use)")
+    overwrite: bool = param(False, "replace an earlier run in out (same as pretrain --overwrite)")
+
+    def __post_init__(self):
+        for key in ("env_id", "out", "device"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise ConfigError(f"{key}: must be a non-empty string, got {getattr(self, key)!r}")
 
 
-def load_demonstrations(source: str, data_dir: str | None = None):
-    """Episodes and metadata from a Minari dataset (id or directory) or a robomimic-layout hdf5 file."""
+def load_demonstrations(source: str, data_dir: str | None = None, env_id: str | None = None,
+                        obs_dim: int | None = None, action_dim: int | None = None,
+                        allow_env_mismatch: bool = False, override_key: str = "allow_env_mismatch"):
+    """Episodes and metadata from a Minari dataset (id or directory) or a robomimic-layout hdf5 file.
+
+    With ``env_id``: the env id the dataset records (Minari's ``env_spec``, or robomimic's
+    ``env_args["env_name"]``) must name that env — a one-line :class:`DatasetError` otherwise, even when
+    the dimensions agree, unless ``allow_env_mismatch``. With ``obs_dim``/``action_dim``: every episode
+    must have those sizes (checked whatever ``allow_env_mismatch`` says)."""
     if not source:
         raise ConfigError("dataset: no dataset given (a Minari dataset directory or id, or a .hdf5 file)")
     if source.endswith((".hdf5", ".h5")):
-        return read_robomimic_hdf5(source)
-    return load_minari_dataset(source, data_dir)
+        episodes, meta = read_robomimic_hdf5(source)
+    else:
+        episodes, meta = load_minari_dataset(source, data_dir)
+    if env_id is not None:
+        check_dataset_env(meta.get("env_id"), env_id, f"dataset {source}", allow_env_mismatch,
+                          f"{override_key}: true")
+        if obs_dim is not None and action_dim is not None:
+            check_matches_env(episodes, obs_dim, action_dim, f"dataset {source}", env_id)
+    return episodes, meta
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -106,24 +136,47 @@ def _mean_loss(policy: Policy, cond: torch.Tensor, x: torch.Tensor, batch: int, 
     return float(sum(losses) / len(cond))
 
 
+def _remove_run_outputs(out: Path) -> None:
+    """Delete what a pretrain run writes into ``out`` (policy/, checkpoints/, summary.json, event files)."""
+    import shutil
+
+    for child in out.iterdir():
+        if child.name in ("policy", "checkpoints") and child.is_dir():
+            shutil.rmtree(child)
+        elif child.name == "summary.json" or child.name.startswith("events.out.tfevents"):
+            child.unlink()
+
+
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     """Run behavior cloning as configured; returns the summary (also written to ``out/summary.json``)."""
     from torch.utils.tensorboard import SummaryWriter
 
     start = time.time()
+    cfg = from_dict(PretrainConfig, to_dict(cfg))  # every key's type and range, also for configs built in code
+    out = Path(cfg.out)
+    tc = cfg.train
+    # Everything that can fail on bad input is checked before anything is written.
+    check_device(cfg.device)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} exists and is not a directory")
+    previous = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if previous and not cfg.overwrite:
+        raise ConfigError(f"out: {out} already holds a run ({', '.join(previous[:3])}"
+                          f"{', …' if len(previous) > 3 else ''}); choose another out, or pass --overwrite "
+                          f"(overwrite=true) to replace it")
+    task = get_task(cfg.env_id)
+    episodes, data_meta = load_demonstrations(cfg.dataset, cfg.data_dir, env_id=cfg.env_id, obs_dim=task.obs_dim,
+                                              action_dim=task.action_dim,
+                                              allow_env_mismatch=cfg.allow_env_mismatch)
+    policy_cfg = from_dict(PolicyConfig, {**cfg.policy, "obs_dim": task.obs_dim, "action_dim": task.action_dim},
+                           prefix="policy")
+    if previous:  # overwrite=true and the checks passed: clear the earlier run's outputs
+        _remove_run_outputs(out)
     torch.manual_seed(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    tc = cfg.train
-
-    episodes, data_meta = load_demonstrations(cfg.dataset, cfg.data_dir)
-    task = get_task(cfg.env_id)
-    check_matches_env(episodes, task.obs_dim, task.action_dim, cfg.dataset, cfg.env_id)
     train_eps, val_eps = split_episodes(episodes, tc.val_fraction, cfg.seed)
-    policy_cfg = from_dict(PolicyConfig, {**cfg.policy, "obs_dim": task.obs_dim, "action_dim": task.action_dim},
-                           prefix="policy")
     train_obs = np.concatenate([e.observations for e in train_eps])
     train_act = np.concatenate([e.actions for e in train_eps])
     policy = Policy(policy_cfg, ObservationNormalizer.fit(train_obs), ActionNormalizer.fit(train_act)).to(cfg.device)
@@ -147,7 +200,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
                 "bc_steps": tc.steps, "seed": cfg.seed}
 
     def evaluate(step: int) -> dict:
-        result = evaluate_agent(Agent(ema, seed=cfg.seed), cfg.env_id, tc.eval_episodes, seed=10_000 + cfg.seed)
+        # the evaluation seed is the run's seed: `flowpolicy evaluate --seed SEED` gives the same number
+        result = evaluate_agent(Agent(ema, seed=cfg.seed), cfg.env_id, tc.eval_episodes, seed=cfg.seed)
         writer.add_scalar("charts/eval_return", result.return_mean, step)
         if result.normalized_score is not None:
             writer.add_scalar("charts/normalized_score", result.normalized_score, step)

@@ -42,9 +42,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from flowpolicy.config import ConfigError
 
-class DatasetError(ValueError):
-    """A problem with a demonstration dataset, phrased for the user in one line."""
+
+class DatasetError(ConfigError):
+    """A problem with a demonstration dataset, phrased for the user in one line (a :class:`ConfigError`,
+    so a ``ValueError`` too)."""
 
 
 @dataclass
@@ -92,6 +95,24 @@ def check_matches_env(episodes: list[Episode], obs_dim: int, action_dim: int, so
         if dims != {expected}:
             found = "/".join(str(d) for d in sorted(dims))
             raise DatasetError(f"{source}: {what} have {found} dims but {env_id} has {expected}")
+
+
+def same_env_id(a: str, b: str) -> bool:
+    """Whether two env ids name the same env: equal, or ``module:EnvId`` vs. the registered ``EnvId``."""
+    if a == b:
+        return True
+    a_name, b_name = a.rpartition(":")[2], b.rpartition(":")[2]
+    return a_name == b_name and (":" not in a or ":" not in b)
+
+
+def check_dataset_env(dataset_env_id: str | None, env_id: str, source: str, allow_mismatch: bool = False,
+                      override: str = "allow_env_mismatch=true") -> None:
+    """Raise :class:`DatasetError` when a dataset recorded for another env is used for ``env_id`` — even when
+    the dimensions agree (a Walker2d dataset for HalfCheetah) — unless ``allow_mismatch`` (deliberate
+    cross-env use). A dataset that records no env id cannot be checked and passes."""
+    if dataset_env_id and not allow_mismatch and not same_env_id(str(dataset_env_id), env_id):
+        raise DatasetError(f"{source} was recorded on {dataset_env_id}, not {env_id}; use a dataset of {env_id} "
+                           f"(or set {override} for deliberate cross-env use)")
 
 
 def split_episodes(episodes: list[Episode], val_fraction: float, seed: int) -> tuple[list[Episode], list[Episode]]:

@@ -36,8 +36,12 @@ def test_evaluate_json_fields(hopper_checkpoint):
 
 def test_evaluate_writes_a_real_mp4(hopper_checkpoint, tmp_path):
     out = flowpolicy("evaluate", "--checkpoint", hopper_checkpoint, "--episodes", 1, "--json", "--video", tmp_path)
+    if "cannot render offscreen" in out.stderr:  # no usable OpenGL on this machine: one line, result kept
+        assert out.returncode == 1 and out.stderr.count("\n") == 1 and json.loads(out.stdout)["episodes"] == 1
+        pytest.skip(out.stderr.strip())
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
+    assert result["video_return"] == result["returns"][0]  # the video is evaluation episode 0
     reader = imageio.get_reader(result["video"])
     frames = [frame for frame in reader]
     assert len(frames) == result["video_frames"] >= 2
