@@ -148,7 +148,7 @@ class Runner:
     # -- evaluation and checkpoints ---------------------------------------------------------------
     def evaluate(self) -> dict:
         agent = Agent(self.learner.eval_policy(), seed=self.seed)
-        result = evaluate_agent(agent, self.env_id, self.cfg.eval_episodes, seed=1_000_000 + self.seed)
+        result = evaluate_agent(agent, self.env_id, self.cfg.eval_episodes, seed=self.seed)  # = `evaluate --seed`
         self.learner.eval_policy().train()
         return result.to_dict()
 
