@@ -40,7 +40,7 @@ from agents.critics import DoubleQ, ValueNet, expectile_loss, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
 from agents.rollout import adopt_training_K, iteration_seed
 from envs.vector import VecEnv
-from flowpolicy.config import ConfigError, param
+from flowpolicy.config import param
 from flowpolicy.models import GuidedFlowModel
 from flowpolicy.networks import Activation
 from flowpolicy.policy import Policy
@@ -60,7 +60,8 @@ class CFGRLConfig:
     offline_iterations: int = param(20, "offline mode: iterations (the budget; no env steps)", ge=1)
     updates_per_iteration: int = param(1000, "offline mode: gradient steps per iteration", ge=1)
     num_envs: int = param(4, "online mode: parallel envs in rollouts", ge=1)
-    num_steps: int = param(256, "online mode: decisions (action chunks) per env per iteration", ge=1)
+    decisions_per_env: int = param(256, "online mode: decisions (action chunks) per env per iteration", ge=1,
+                                   renamed_from="num_steps")
     K: int | None = param(None, "Euler steps for rollouts, evaluation and the saved policy (null: the policy's)",
                           ge=1)
     updates_per_decision: float = param(0.25, "online mode: gradient steps per collected decision", gt=0)
@@ -80,12 +81,6 @@ class CFGRLConfig:
     critic_activation: Activation = param("silu", "critic activation")
     max_grad_norm: float = param(10.0, "gradient-norm clip", gt=0)
 
-    def __post_init__(self):
-        online_only = {"exploration_noise": 0.0, "demo_fraction": 0.0, "rollout_guidance": None}
-        if self.mode == "offline":
-            for key, default in online_only.items():
-                if getattr(self, key) != default:
-                    raise ConfigError(f"{key} applies only with mode: online")
 
 
 def guided_policy_from(policy: Policy, label_dim: int = 16, label_dropout: float = 0.1,
@@ -160,10 +155,10 @@ class CFGRLLearner:
             self.demos.add(**demos)
         else:
             self.replay.add(**demos)
-        self.envs = VecEnv(env_id, config.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps) \
+        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps) \
             if self.online else None
         self.sampler = self.policy.make_sampler(K=self.K)
-        self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps if self.online else 0
+        self.env_steps_per_iteration = config.num_envs * config.decisions_per_env * pc.act_steps if self.online else 0
 
     # -- runner interface ---------------------------------------------------------------------------
     def eval_policy(self) -> Policy:
@@ -190,7 +185,7 @@ class CFGRLLearner:
         if c.rollout_guidance is not None:
             self.policy.set_guidance(c.rollout_guidance)
         try:
-            return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, c.num_steps,
+            return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, c.decisions_per_env,
                                        seed=iteration_seed(self.seed, iteration, c.num_envs),
                                        exploration_noise=c.exploration_noise, reward_scale=c.reward_scale,
                                        generator=self.generator)
@@ -232,7 +227,7 @@ class CFGRLLearner:
             for _ in range(c.critic_pretrain_steps):
                 self._critic_step(self.sample_batch())
         if self.online:
-            n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.num_steps)))
+            n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.decisions_per_env)))
         else:
             n_updates = c.updates_per_iteration
         for _ in range(n_updates):

@@ -210,7 +210,7 @@ class ChainPGLearner(OnPolicyLearner):
                 self.reward_scale = RunningReturnScale(config.group_size * config.num_groups, config.gamma)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.num_envs = config.group_size * config.num_groups
-        self.envs = VecEnv(env_id, self.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.envs = VecEnv(env_id, self.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps)
         self.env_steps_per_iteration = self.num_envs * config.max_decisions * pc.act_steps  # an upper bound
         warn_if_rollouts_cut_episodes(env_id, config.max_decisions * pc.act_steps, "algo.max_decisions")
         self.batch: dict[str, torch.Tensor] = {}

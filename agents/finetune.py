@@ -110,7 +110,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
         raise ConfigError(f"policy {source} has obs/action dims {policy.config.obs_dim}/{policy.config.action_dim} "
                           f"but {cfg.env_id} has {task.obs_dim}/{task.action_dim}")
     pc = policy.config
-    per_iteration = getattr(algo_cfg, "num_envs", 1) * getattr(algo_cfg, "num_steps", 1) * pc.act_steps
+    per_iteration = getattr(algo_cfg, "num_envs", 1) * getattr(algo_cfg, "decisions_per_env", 1) * pc.act_steps
     iterations = max(1, math.ceil(cfg.runner.total_env_steps / per_iteration))
     if getattr(algo_cfg, "mode", "online") == "offline":  # no env steps: the budget is gradient steps
         iterations = algo_cfg.offline_iterations

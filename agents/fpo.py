@@ -47,7 +47,8 @@ from flowpolicy.policy import Policy
 @dataclass
 class FPOConfig:
     num_envs: int = param(16, "parallel envs in rollouts", ge=1)
-    num_steps: int = param(256, "decisions (action chunks) per env per iteration", ge=1)
+    decisions_per_env: int = param(256, "decisions (action chunks) per env per iteration", ge=1,
+                                   renamed_from="num_steps")
     K: int | None = param(None, "ODE steps for acting, evaluation and the saved policy (null: the policy's)", ge=1)
     n_mc: int = param(8, "(τ, ε) pairs per decision", ge=1)
     loss_weighting: Literal["epsilon", "velocity"] = param("epsilon", "CFM loss: ε-MSE (τ²-weighted) or velocity MSE")
@@ -106,13 +107,13 @@ class FPOLearner(OnPolicyLearner):
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.envs = VecEnv(env_id, config.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps)
         self.reward_scale = RunningReturnScale(config.num_envs, config.gamma) if config.normalize_rewards else None
         n = config.n_mc
-        self.buffer = RolloutBuffer(config.num_steps, config.num_envs, pc.cond_dim, (1, self.D), self.device,
+        self.buffer = RolloutBuffer(config.decisions_per_env, config.num_envs, pc.cond_dim, (1, self.D), self.device,
                                     extra_shapes={"taus": (n,), "noises": (n, self.D), "old_losses": (n,)})
-        self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
-        warn_if_rollouts_cut_episodes(env_id, config.num_steps * pc.act_steps, "algo.num_steps")
+        self.env_steps_per_iteration = config.num_envs * config.decisions_per_env * pc.act_steps
+        warn_if_rollouts_cut_episodes(env_id, config.decisions_per_env * pc.act_steps, "algo.decisions_per_env")
 
     # -- runner interface ---------------------------------------------------------------------------
     def trainable(self) -> tuple[dict, dict]:

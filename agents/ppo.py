@@ -216,7 +216,7 @@ class OnPolicyLearner:
     # -- the rollout of the learners with a rollout buffer and a critic (ReinFlow, FPO) ---------------
     @torch.no_grad()
     def collect_into_buffer(self, iteration: int, act: Callable[[torch.Tensor], tuple[torch.Tensor, dict]]) -> dict:
-        """Fill ``self.buffer`` with ``cfg.num_steps`` decisions of every env in ``self.envs``, then GAE with
+        """Fill ``self.buffer`` with ``cfg.decisions_per_env`` decisions of every env in ``self.envs``, then GAE with
         ``self.value``. ``act(cond) -> (actions, fields)``: the normalized actions and the decision's buffer
         fields (``chain_xs``, ``log_probs`` and the extras). Rewards are scaled when the learner has a
         ``reward_scale``; the last decision is cut by the iteration boundary and bootstrapped like a
@@ -226,11 +226,11 @@ class OnPolicyLearner:
             self.reward_scale.returns[:] = 0.0  # episodes restart at every iteration
         self.buffer.reset()
         rollout = Rollout(self.policy, self.envs)
-        for step in rollout.decisions(iteration_seed(self.seed, iteration, cfg.num_envs), act, cfg.num_steps):
+        for step in rollout.decisions(iteration_seed(self.seed, iteration, cfg.num_envs), act, cfg.decisions_per_env):
             out = step.out
             rewards = self.reward_scale(out.reward, out.done) if self.reward_scale else out.reward
             self.buffer.add(cond=step.cond, values=self.value(step.cond), rewards=rewards, terminated=out.terminated,
-                            truncated=out.truncated | (step.t == cfg.num_steps - 1), next_cond=step.next_cond,
+                            truncated=out.truncated | (step.t == cfg.decisions_per_env - 1), next_cond=step.next_cond,
                             **step.record)
         self.buffer.finish(self.value, cfg.gamma, cfg.gae_lambda)
         return rollout.metrics()

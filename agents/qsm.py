@@ -72,7 +72,8 @@ from flowpolicy.policy import Policy
 @dataclass
 class QSMConfig:
     num_envs: int = param(4, "parallel envs in rollouts", ge=1)
-    num_steps: int = param(256, "decisions (action chunks) per env per iteration", ge=1)
+    decisions_per_env: int = param(256, "decisions (action chunks) per env per iteration", ge=1,
+                                   renamed_from="num_steps")
     K: int | None = param(None, "denoising steps for rollouts, targets, evaluation and the saved policy "
                                 "(null: the policy's)", ge=1)
     gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
@@ -187,7 +188,7 @@ class QSMLearner:
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.envs = VecEnv(env_id, config.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps)
         self.replay = ReplayBuffer(config.buffer_size, pc.cond_dim, pc.chunk_dim, self.device)
         if config.bc_coeff and not config.dataset:
             raise ValueError("bc_coeff > 0 needs algo.dataset (the demonstrations the BC term imitates)")
@@ -199,7 +200,7 @@ class QSMLearner:
             if config.bc_coeff:
                 self.demos = ReplayBuffer(len(demos["cond"]), pc.cond_dim, pc.chunk_dim, self.device)
                 self.demos.add(**demos)
-        self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
+        self.env_steps_per_iteration = config.num_envs * config.decisions_per_env * pc.act_steps
 
     # -- runner interface ---------------------------------------------------------------------------
     def eval_policy(self) -> Policy:
@@ -220,7 +221,8 @@ class QSMLearner:
 
     # -- rollout -----------------------------------------------------------------------------------
     def collect(self, iteration: int) -> dict:
-        return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay, self.cfg.num_steps,
+        return collect_into_replay(self.policy, self.sampler, self.K, self.envs, self.replay,
+                                   self.cfg.decisions_per_env,
                                    seed=iteration_seed(self.seed, iteration, self.cfg.num_envs),
                                    exploration_noise=self.cfg.exploration_noise,
                                    reward_scale=self.cfg.reward_scale, generator=self.generator)
@@ -244,7 +246,7 @@ class QSMLearner:
         c = self.cfg
         self.actor_opt.param_groups[0]["lr"] = c.actor_lr * cosine_factor(iteration, self.total_iterations,
                                                                           c.actor_lr_min_fraction)
-        n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.num_steps)))
+        n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.decisions_per_env)))
         actor_active = iteration >= c.critic_warmup_iterations
         stats: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "bc_loss": [], "q": [],
                                          "q_grad_norm": []}

@@ -49,7 +49,8 @@ from flowpolicy.samplers import gaussian_log_prob
 @dataclass
 class ReinFlowConfig:
     num_envs: int = param(16, "parallel envs in rollouts", ge=1)
-    num_steps: int = param(128, "decisions (action chunks) per env per iteration", ge=1)
+    decisions_per_env: int = param(128, "decisions (action chunks) per env per iteration", ge=1,
+                                   renamed_from="num_steps")
     K: int | None = param(None, "denoising steps in rollouts, updates, evaluation and the saved policy "
                                 "(null: the policy's)", ge=1)
     gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
@@ -110,11 +111,12 @@ class ReinFlowLearner(OnPolicyLearner):
                                            {"params": self.noise.parameters(), "lr": config.noise_lr}])
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.envs = VecEnv(env_id, config.num_envs, horizon=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps)
         self.reward_scale = RunningReturnScale(config.num_envs, config.gamma) if config.normalize_rewards else None
-        self.buffer = RolloutBuffer(config.num_steps, config.num_envs, pc.cond_dim, (self.K + 1, self.D), self.device)
-        self.env_steps_per_iteration = config.num_envs * config.num_steps * pc.act_steps
-        warn_if_rollouts_cut_episodes(env_id, config.num_steps * pc.act_steps, "algo.num_steps")
+        self.buffer = RolloutBuffer(config.decisions_per_env, config.num_envs, pc.cond_dim, (self.K + 1, self.D),
+                                    self.device)
+        self.env_steps_per_iteration = config.num_envs * config.decisions_per_env * pc.act_steps
+        warn_if_rollouts_cut_episodes(env_id, config.decisions_per_env * pc.act_steps, "algo.decisions_per_env")
 
     # -- runner interface ---------------------------------------------------------------------------
     def trainable(self) -> tuple[dict, dict]:

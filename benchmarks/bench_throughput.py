@@ -91,7 +91,7 @@ def main() -> None:
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
     algo = from_dict(ReinFlowConfig, cfg.algo)
     ours_result = ours(cfg, args.iterations)
-    per_rollout = algo.num_envs * algo.num_steps * load_policy(cfg.policy)[0].config.act_steps  # nominal
+    per_rollout = algo.num_envs * algo.decisions_per_env * load_policy(cfg.policy)[0].config.act_steps  # nominal
     raw = raw_env_steps_per_s(cfg.env_id, algo.num_envs, per_rollout)
     ppo = sb3_ppo(cfg.env_id, algo.num_envs, per_rollout, args.iterations)
     result = {

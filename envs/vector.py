@@ -30,21 +30,21 @@ class ActionChunk(gym.Wrapper):
     chunk); the episode statistics of the inner ``RecordEpisodeStatistics`` pass through ``info``.
     """
 
-    def __init__(self, env: gym.Env, horizon: int, reward_gamma: float = 1.0):
+    def __init__(self, env: gym.Env, act_steps: int, reward_gamma: float = 1.0):
         super().__init__(env)
-        if horizon < 1:
-            raise ValueError(f"action chunk horizon must be ≥ 1, got {horizon}")
+        if act_steps < 1:
+            raise ValueError(f"act_steps (actions executed per chunk) must be ≥ 1, got {act_steps}")
         space = env.action_space
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
             raise ValueError(f"action chunks need a flat Box action space, got {space}")
-        self.horizon, self.reward_gamma = horizon, reward_gamma
-        self.action_space = gym.spaces.Box(np.tile(space.low, (horizon, 1)), np.tile(space.high, (horizon, 1)),
+        self.act_steps, self.reward_gamma = act_steps, reward_gamma
+        self.action_space = gym.spaces.Box(np.tile(space.low, (act_steps, 1)), np.tile(space.high, (act_steps, 1)),
                                            dtype=space.dtype)
 
     def step(self, chunk):
-        chunk = np.asarray(chunk).reshape(self.horizon, -1)
+        chunk = np.asarray(chunk).reshape(self.act_steps, -1)
         total, discount = 0.0, 1.0
-        for h in range(self.horizon):
+        for h in range(self.act_steps):
             obs, reward, terminated, truncated, info = self.env.step(chunk[h])
             total += discount * float(reward)
             discount *= self.reward_gamma
@@ -54,7 +54,7 @@ class ActionChunk(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
-def make_env(env_id: str, horizon: int = 1, n_obs_steps: int = 1, reward_gamma: float = 1.0,
+def make_env(env_id: str, act_steps: int = 1, n_obs_steps: int = 1, reward_gamma: float = 1.0,
              render_mode: str | None = None, **env_kwargs) -> gym.Env:
     """One env: ``RecordEpisodeStatistics`` (per env step) → optional observation history → action chunks.
 
@@ -68,8 +68,8 @@ def make_env(env_id: str, horizon: int = 1, n_obs_steps: int = 1, reward_gamma: 
     env = gym.wrappers.RecordEpisodeStatistics(env)
     if n_obs_steps > 1:
         env = gym.wrappers.FrameStackObservation(env, n_obs_steps, padding_type="reset")
-    if horizon > 1 or reward_gamma != 1.0:
-        env = ActionChunk(env, horizon, reward_gamma)
+    if act_steps > 1 or reward_gamma != 1.0:
+        env = ActionChunk(env, act_steps, reward_gamma)
     return env
 
 
@@ -95,14 +95,14 @@ class VecStep:
 class VecEnv:
     """N envs stepping in lockstep, one decision (an action chunk) per :meth:`step`."""
 
-    def __init__(self, env_id: str, num_envs: int, horizon: int = 1, n_obs_steps: int = 1,
+    def __init__(self, env_id: str, num_envs: int, act_steps: int = 1, n_obs_steps: int = 1,
                  reward_gamma: float = 1.0, asynchronous: bool = False, **env_kwargs):
         if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
             raise EnvError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
-        self.env_id, self.num_envs, self.horizon, self.n_obs_steps = env_id, num_envs, horizon, n_obs_steps
+        self.env_id, self.num_envs, self.act_steps, self.n_obs_steps = env_id, num_envs, act_steps, n_obs_steps
 
         def factory():
-            return make_env(env_id, horizon, n_obs_steps, reward_gamma, **env_kwargs)
+            return make_env(env_id, act_steps, n_obs_steps, reward_gamma, **env_kwargs)
 
         vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
         self.envs = vector_cls([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
@@ -127,7 +127,7 @@ class VecEnv:
     def step(self, actions: np.ndarray) -> VecStep:
         """``actions``: [num_envs, H, A] chunks (or [num_envs, A] when H = 1)."""
         actions = np.asarray(actions)
-        if self.horizon == 1 and actions.ndim == 3:  # an unwrapped env takes a single action, not a 1-chunk
+        if self.act_steps == 1 and actions.ndim == 3:  # an unwrapped env takes a single action, not a 1-chunk
             actions = actions[:, 0]
         obs, reward, terminated, truncated, info = self.envs.step(actions)
         terminated, truncated = terminated.astype(bool), truncated.astype(bool)
@@ -155,8 +155,8 @@ class VecEnv:
         self.close()
 
 
-def make_vec_env(env_id: str, num_envs: int = 1, horizon: int = 1, n_obs_steps: int = 1, seed: int | None = None,
+def make_vec_env(env_id: str, num_envs: int = 1, act_steps: int = 1, n_obs_steps: int = 1, seed: int | None = None,
                  asynchronous: bool = False, reward_gamma: float = 1.0, **env_kwargs) -> tuple[VecEnv, np.ndarray]:
     """Build a :class:`VecEnv` and reset it with ``seed``; returns ``(vec_env, first_obs)``."""
-    vec = VecEnv(env_id, num_envs, horizon, n_obs_steps, reward_gamma, asynchronous, **env_kwargs)
+    vec = VecEnv(env_id, num_envs, act_steps, n_obs_steps, reward_gamma, asynchronous, **env_kwargs)
     return vec, vec.reset(seed)

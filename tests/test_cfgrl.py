@@ -200,7 +200,7 @@ def test_guidance_sweep_refuses_a_policy_without_labels(reach_bc_policy, capsys)
 def test_online_cfgrl_collects_into_the_replay_and_resumes_exactly(reach_bc_policy, reach_demos, tmp_path,
                                                                    monkeypatch):
     def config(out):
-        cfg = cfgrl_config(reach_bc_policy, out, reach_demos, mode="online", num_envs=4, num_steps=32,
+        cfg = cfgrl_config(reach_bc_policy, out, reach_demos, mode="online", num_envs=4, decisions_per_env=32,
                            critic_pretrain_steps=100, updates_per_decision=0.5)
         cfg.runner.eval_every = 1
         return cfg
@@ -213,7 +213,7 @@ def test_online_cfgrl_collects_into_the_replay_and_resumes_exactly(reach_bc_poli
 
 
 def test_online_demo_fraction_and_rollout_guidance(reach_bc_policy, reach_demos, tmp_path, monkeypatch):
-    cfg = cfgrl_config(reach_bc_policy, tmp_path, reach_demos, mode="online", num_envs=4, num_steps=8,
+    cfg = cfgrl_config(reach_bc_policy, tmp_path, reach_demos, mode="online", num_envs=4, decisions_per_env=8,
                        demo_fraction=0.25, rollout_guidance=1.0)
     learner = CFGRLLearner(load_policy(reach_bc_policy)[0], "ReachTest-v0", from_dict(CFGRLConfig, cfg.algo), 4)
     seen_w = []
@@ -229,7 +229,7 @@ def test_online_demo_fraction_and_rollout_guidance(reach_bc_policy, reach_demos,
     learner.envs.close()
 
     def config(out):
-        return cfgrl_config(reach_bc_policy, out, reach_demos, mode="online", num_envs=4, num_steps=32,
+        return cfgrl_config(reach_bc_policy, out, reach_demos, mode="online", num_envs=4, decisions_per_env=32,
                             critic_pretrain_steps=100, demo_fraction=0.5, rollout_guidance=1.0)
 
     full, resumed = full_and_resumed_runs(config, CFGRLLearner, tmp_path, monkeypatch, crash_at=3)

@@ -34,7 +34,7 @@ gym.register("StepCounterTrunc-v0", entry_point=StepCounterEnv, kwargs={"length"
 
 
 def test_chunk_sums_rewards_and_stops_at_episode_end():
-    env = make_env("StepCounterTerm-v0", horizon=3)
+    env = make_env("StepCounterTerm-v0", act_steps=3)
     env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step(np.zeros((3, 2)))
     assert reward == 1 + 2 + 3 and info["chunk_steps"] == 3 and obs[0] == 3 and not terminated
@@ -45,7 +45,7 @@ def test_chunk_sums_rewards_and_stops_at_episode_end():
 
 
 def test_chunk_reward_discount_inside_chunk():
-    env = ActionChunk(gym.make("StepCounterTerm-v0"), horizon=2, reward_gamma=0.5)
+    env = ActionChunk(gym.make("StepCounterTerm-v0"), act_steps=2, reward_gamma=0.5)
     env.reset()
     assert env.step(np.zeros((2, 2)))[1] == 1 + 0.5 * 2
 
@@ -53,7 +53,7 @@ def test_chunk_reward_discount_inside_chunk():
 @pytest.mark.parametrize("env_id,term,trunc", [("StepCounterTerm-v0", True, False),
                                                ("StepCounterTrunc-v0", False, True)])
 def test_vec_env_reports_final_obs_and_keeps_terminated_and_truncated_apart(env_id, term, trunc):
-    vec, obs = make_vec_env(env_id, num_envs=2, horizon=2, seed=0)
+    vec, obs = make_vec_env(env_id, num_envs=2, act_steps=2, seed=0)
     steps = [vec.step(np.zeros((2, 2, 2))) for _ in range(4)]
     # decisions cover env steps (1,2), (3,4), (5) -> episode ends; then the next episode starts at once
     ending = steps[2]
@@ -70,7 +70,7 @@ def test_vec_env_reports_final_obs_and_keeps_terminated_and_truncated_apart(env_
 
 def test_vec_env_with_uneven_episode_ends():
     """Envs ending at different decisions reset individually; the others are untouched."""
-    vec, _ = make_vec_env("StepCounterTerm-v0", num_envs=2, horizon=1, seed=0)
+    vec, _ = make_vec_env("StepCounterTerm-v0", num_envs=2, act_steps=1, seed=0)
     vec.step(np.zeros((2, 2)))  # both at t=1
     vec.envs.envs[1].unwrapped.t = 3  # env 1 jumps ahead: it reaches t = 5 two decisions later, env 0 does not
     out = [vec.step(np.zeros((2, 2))) for _ in range(2)]
@@ -89,7 +89,7 @@ def test_observation_history_is_padded_with_the_reset_observation():
 
 def test_seeding_reproduces_mujoco_rollouts():
     def rollout():
-        vec, obs = make_vec_env("Hopper-v5", num_envs=2, horizon=4, seed=3)
+        vec, obs = make_vec_env("Hopper-v5", num_envs=2, act_steps=4, seed=3)
         rng = np.random.default_rng(0)
         rewards = [vec.step(rng.uniform(-1, 1, (2, 4, 3))).reward for _ in range(5)]
         vec.close()

@@ -12,9 +12,9 @@ from flowpolicy.config import load_config
 pytestmark = pytest.mark.filterwarnings("ignore:.*are never visited")
 
 SMOKE = {
-    "qsm": ["algo.num_envs=2", "algo.num_steps=8", "algo.critic_warmup_iterations=1", "algo.batch_size=32",
+    "qsm": ["algo.num_envs=2", "algo.decisions_per_env=8", "algo.critic_warmup_iterations=1", "algo.batch_size=32",
             "runner.total_env_steps=128"],
-    "qsm-bc": ["algo.bc_coeff=0.5", "algo.num_envs=2", "algo.num_steps=8", "algo.critic_warmup_iterations=0",
+    "qsm-bc": ["algo.bc_coeff=0.5", "algo.num_envs=2", "algo.decisions_per_env=8", "algo.critic_warmup_iterations=0",
                "algo.batch_size=32", "runner.total_env_steps=128"],
     "cfgrl-offline": ["algo.critic_pretrain_steps=20", "algo.offline_iterations=2", "algo.updates_per_iteration=10",
                       "algo.batch_size=32"],
@@ -23,9 +23,9 @@ SMOKE = {
     "ddpo_is": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=64"],
     "ddpo_sf-gae": ["algo.advantages=gae", "algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8",
                     "runner.total_env_steps=64"],
-    "fpo": ["algo.num_envs=2", "algo.num_steps=8", "algo.minibatch_size=8", "algo.critic_warmup_iterations=0",
+    "fpo": ["algo.num_envs=2", "algo.decisions_per_env=8", "algo.minibatch_size=8", "algo.critic_warmup_iterations=0",
             "runner.total_env_steps=64"],
-    "cfgrl-online": ["algo.mode=online", "algo.num_envs=2", "algo.num_steps=8", "algo.critic_pretrain_steps=20",
+    "cfgrl-online": ["algo.mode=online", "algo.num_envs=2", "algo.decisions_per_env=8", "algo.critic_pretrain_steps=20",
                      "algo.batch_size=32", "runner.total_env_steps=128"],
 }
 
@@ -44,8 +44,9 @@ def test_hopper_smoke_run_writes_a_loadable_policy(name, tmp_path):
 @pytest.mark.parametrize("task,obs_dim,action_dim", [("halfcheetah", 17, 6), ("ant", 105, 8), ("walker2d", 17, 6)])
 def test_every_shipped_task_fine_tunes_from_its_shipped_policy(task, obs_dim, action_dim, tmp_path):
     cfg = load_config(FinetuneConfig, f"configs/{task}/reinflow.yaml",
-                      ["algo.num_envs=2", "algo.num_steps=8", "algo.minibatch_size=8", "runner.total_env_steps=64",
-                       f"out={tmp_path}", "runner.eval_episodes=1", "runner.progress=false"])
+                      ["algo.num_envs=2", "algo.decisions_per_env=8", "algo.minibatch_size=8",
+                       "runner.total_env_steps=64", f"out={tmp_path}", "runner.eval_episodes=1",
+                       "runner.progress=false"])
     summary = finetune(cfg)
     assert np.isfinite(summary["final_return"]) and summary["initial_normalized_score"] is not None
     assert load_agent(tmp_path / "policy").act(np.zeros(obs_dim, np.float32)).shape == (action_dim,)

@@ -34,7 +34,7 @@ def test_cfm_losses_match_a_hand_computed_loop(reach_policy):
 
 def make_learner(policy_path, **cfg):
     policy, _ = load_policy(policy_path)
-    config = FPOConfig(**{"num_envs": 4, "num_steps": 16, "minibatch_size": 32, "critic_hidden": [16],
+    config = FPOConfig(**{"num_envs": 4, "decisions_per_env": 16, "minibatch_size": 32, "critic_hidden": [16],
                           "critic_warmup_iterations": 0, **cfg})
     return FPOLearner(policy, "ReachTest-v0", config, total_iterations=4, seed=0)
 
@@ -61,7 +61,7 @@ def fpo_config(policy, out, total=8192, **algo):
         "algorithm": "fpo", "env_id": "ReachTest-v0", "policy": str(policy), "out": str(out), "seed": 1,
         "torch_threads": 1,
         "runner": {"total_env_steps": total, "eval_every": 0, "eval_episodes": 16, "progress": False},
-        "algo": {"num_envs": 8, "num_steps": 64, "minibatch_size": 128, "update_epochs": 4, "actor_lr": 3e-3,
+        "algo": {"num_envs": 8, "decisions_per_env": 64, "minibatch_size": 128, "update_epochs": 4, "actor_lr": 3e-3,
                  "critic_lr": 3e-3, "clip_range": 0.2, "critic_warmup_iterations": 1, "critic_hidden": [32, 32],
                  "lr_min_fraction": 1.0, **algo}})
 
@@ -118,4 +118,4 @@ def test_fpo_refuses_shortcut_policies(tmp_path):
     policy = Policy(PolicyConfig(kind="shortcut", obs_dim=2, action_dim=2, horizon=1, num_steps=2,
                                  network=NetworkConfig(hidden=[8])))
     with pytest.raises(ValueError, match="flow policies"):
-        FPOLearner(policy, "ReachTest-v0", FPOConfig(num_envs=2, num_steps=4), total_iterations=1)
+        FPOLearner(policy, "ReachTest-v0", FPOConfig(num_envs=2, decisions_per_env=4), total_iterations=1)

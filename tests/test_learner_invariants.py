@@ -83,7 +83,7 @@ def test_demonstration_histories_are_the_ones_the_env_gives(n_obs_steps, H, T, m
 
     policy = Policy(PolicyConfig(obs_dim=1, action_dim=1, horizon=H, act_steps=H, n_obs_steps=n_obs_steps,
                                  network=NetworkConfig(hidden=[8])))
-    with VecEnv("CounterTest-v0", 1, horizon=H, n_obs_steps=n_obs_steps, length=T) as envs:
+    with VecEnv("CounterTest-v0", 1, act_steps=H, n_obs_steps=n_obs_steps, length=T) as envs:
         obs, cond, next_cond, terminated = envs.reset(seed=0), [], [], []
         while True:
             out = envs.step(np.zeros((1, H, 1)))
@@ -144,7 +144,7 @@ def test_on_policy_rollouts_bootstrap_a_truncation_from_the_true_final_observati
     from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 
     config_cls, learner_cls = (ReinFlowConfig, ReinFlowLearner) if algorithm == "reinflow" else (FPOConfig, FPOLearner)
-    config = config_cls(num_envs=2, num_steps=5, gamma=GAMMA, gae_lambda=LAMBDA, normalize_rewards=False,
+    config = config_cls(num_envs=2, decisions_per_env=5, gamma=GAMMA, gae_lambda=LAMBDA, normalize_rewards=False,
                         critic_hidden=[8])
     learner = learner_cls(step_index_policy(), "StepIndexTest-v0", config, total_iterations=1)
     learner.critic = StepValue(squeeze=False)

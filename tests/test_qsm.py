@@ -67,8 +67,8 @@ def test_td_target_bootstraps_through_truncation_but_not_termination():
 
 def test_learner_critic_targets_use_the_smaller_target_q_and_mask_only_termination(reach_policy):
     policy, _ = load_policy(reach_policy)
-    learner = QSMLearner(policy, "ReachTest-v0", QSMConfig(num_envs=2, num_steps=4, critic_hidden=[8], gamma=0.5),
-                         total_iterations=1)
+    config = QSMConfig(num_envs=2, decisions_per_env=4, critic_hidden=[8], gamma=0.5)
+    learner = QSMLearner(policy, "ReachTest-v0", config, total_iterations=1)
     learner.critic_target.forward = lambda cond, actions: (torch.full((cond.shape[0],), 4.0),
                                                            torch.full((cond.shape[0],), 6.0))
     batch = {"rewards": torch.tensor([1.0, 1.0]), "terminated": torch.tensor([1.0, 0.0]),
@@ -101,7 +101,7 @@ gym.register("ShortEpisodeTest-v0", entry_point=ShortEpisodeEnv, max_episode_ste
 
 def test_collected_transitions_keep_terminated_and_the_true_final_observation():
     policy = Policy(PolicyConfig(obs_dim=1, action_dim=1, horizon=1, num_steps=2, network=NetworkConfig(hidden=[8])))
-    learner = QSMLearner(policy, "ShortEpisodeTest-v0", QSMConfig(num_envs=2, num_steps=7, critic_hidden=[8],
+    learner = QSMLearner(policy, "ShortEpisodeTest-v0", QSMConfig(num_envs=2, decisions_per_env=7, critic_hidden=[8],
                                                                     exploration_noise=0.0), total_iterations=1)
     with torch.no_grad():  # env 0 always acts +1 (terminates), env 1 always −1 (truncated)
         for p in policy.parameters():
@@ -139,7 +139,7 @@ def test_replay_seeded_from_a_demonstration_dataset(tmp_path):
     path = write_robomimic_hdf5(tmp_path / "demo.hdf5", episodes, env_id="ReachTest-v0")
     policy = Policy(PolicyConfig(obs_dim=2, action_dim=2, horizon=4, act_steps=4, num_steps=2,
                                  network=NetworkConfig(hidden=[8])))
-    learner = QSMLearner(policy, "ReachTest-v0", QSMConfig(num_envs=1, num_steps=2, critic_hidden=[8],
+    learner = QSMLearner(policy, "ReachTest-v0", QSMConfig(num_envs=1, decisions_per_env=2, critic_hidden=[8],
                                                              reward_scale=0.5, dataset=str(path)), 1)
     r = learner.replay
     assert len(r) == 3  # decisions at steps 0, 4, 8 of a 10-step episode
@@ -186,5 +186,6 @@ def test_qsm_resume_reproduces_an_uninterrupted_run(reach_policy, tmp_path, monk
 
 
 def test_bc_coeff_needs_the_demonstrations(reach_policy):
-    with pytest.raises(ValueError, match="bc_coeff > 0 needs algo.dataset"):
-        QSMLearner(load_policy(reach_policy)[0], "ReachTest-v0", QSMConfig(num_envs=2, num_steps=4, bc_coeff=0.5), 1)
+    with pytest.raises(ValueError, match="bc_coeff > 0 needs a dataset"):
+        QSMLearner(load_policy(reach_policy)[0], "ReachTest-v0",
+                   QSMConfig(num_envs=2, decisions_per_env=4, bc_coeff=0.5), 1)

@@ -217,10 +217,11 @@ def test_warns_when_an_iteration_is_shorter_than_an_episode(reach_policy):
     """ReachTest-v0 episodes last 8 steps: 4 steps per iteration never reach their second half."""
     from agents.ppo import warn_if_rollouts_cut_episodes
 
-    with pytest.warns(UserWarning, match="raise algo.num_steps"):
-        assert warn_if_rollouts_cut_episodes("ReachTest-v0", 4, "algo.num_steps")
-    assert not warn_if_rollouts_cut_episodes("ReachTest-v0", 8, "algo.num_steps")
+    with pytest.warns(UserWarning, match="raise algo.decisions_per_env"):
+        assert warn_if_rollouts_cut_episodes("ReachTest-v0", 4, "algo.decisions_per_env")
+    assert not warn_if_rollouts_cut_episodes("ReachTest-v0", 8, "algo.decisions_per_env")
     policy, _ = load_policy(reach_policy)
     with pytest.warns(UserWarning, match="states after step 4 are never visited"):
-        learner = ReinFlowLearner(policy, "ReachTest-v0", ReinFlowConfig(num_envs=2, num_steps=4), total_iterations=1)
+        learner = ReinFlowLearner(policy, "ReachTest-v0", ReinFlowConfig(num_envs=2, decisions_per_env=4),
+                                  total_iterations=1)
     learner.envs.close()

@@ -20,7 +20,7 @@ from flowpolicy.cli import main as cli_main
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*are never visited")
 
-TINY = ["algo.num_envs=2", "algo.num_steps=8", "algo.minibatch_size=8", "runner.total_env_steps=192",
+TINY = ["algo.num_envs=2", "algo.decisions_per_env=8", "algo.minibatch_size=8", "runner.total_env_steps=192",
         "runner.eval_episodes=1", "runner.progress=false", "torch_threads=1"]
 CONFIG = "configs/hopper/reinflow.yaml"
 
