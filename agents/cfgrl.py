@@ -40,12 +40,10 @@ from agents.critics import DoubleQ, ValueNet, expectile_loss, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
 from agents.rollout import adopt_training_K, iteration_seed
 from envs.vector import VecEnv
-from flowpolicy.config import param
+from flowpolicy.config import ConfigError, param
 from flowpolicy.models import GuidedFlowModel
 from flowpolicy.networks import Activation
 from flowpolicy.policy import Policy
-
-MODES = ("offline", "online")
 
 
 @dataclass
@@ -89,7 +87,7 @@ def guided_policy_from(policy: Policy, label_dim: int = 16, label_dropout: float
     if policy.config.kind == "guided_flow":
         return policy
     if policy.config.kind != "flow":
-        raise ValueError(f"CFGRL starts from a flow policy; this one is {policy.config.kind!r}")
+        raise ConfigError(f"CFGRL starts from a flow policy; this one is {policy.config.kind!r}")
     config = replace(policy.config, kind="guided_flow", guidance=guidance, guidance_label_dim=label_dim,
                      guidance_label_dropout=label_dropout)
     guided = Policy(config, copy.deepcopy(policy.obs_normalizer), copy.deepcopy(policy.action_normalizer))
@@ -126,10 +124,8 @@ class CFGRLLearner:
     def __init__(self, policy: Policy, env_id: str, config: CFGRLConfig, total_iterations: int, seed: int = 0,
                  device: str = "cpu", reference: Policy | None = None):
         """``reference`` is unused (CFGRL stays near the data through the label-dropout prior)."""
-        if config.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
         if not config.dataset:
-            raise ValueError("CFGRL needs algo.dataset (the demonstrations its critic and labels are fitted on)")
+            raise ConfigError("CFGRL needs algo.dataset (the demonstrations its critic and labels are fitted on)")
         self.cfg, self.seed, self.device = config, seed, torch.device(device)
         self.total_iterations = total_iterations
         self.policy = guided_policy_from(policy.to(self.device), config.label_dim, config.label_dropout,
@@ -143,7 +139,7 @@ class CFGRLLearner:
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         if not 0.0 <= config.demo_fraction < 1.0:
-            raise ValueError(f"demo_fraction must lie in [0, 1), got {config.demo_fraction}")
+            raise ConfigError(f"demo_fraction must lie in [0, 1), got {config.demo_fraction}")
         self.online = config.mode == "online"
         demos = demonstration_transitions(self.policy, config.dataset, config.reward_scale, env_id,
                                           config.allow_env_mismatch)

@@ -39,7 +39,7 @@ from agents.ppo import (
 from agents.rollout import adopt_training_K
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
-from flowpolicy.config import param
+from flowpolicy.config import ConfigError, param
 from flowpolicy.networks import MLP, Activation
 from flowpolicy.policy import Policy
 
@@ -92,11 +92,7 @@ class FPOLearner(OnPolicyLearner):
                  device: str = "cpu", reference: Policy | None = None):
         """``reference`` is unused (FPO has no regularizer toward the pretrained policy)."""
         if policy.config.kind != "flow":  # a shortcut model acts with its step-size head, not the velocity ℓ scores
-            raise ValueError(f"FPO fine-tunes flow policies; this policy is {policy.config.kind!r}")
-        if config.loss_weighting not in ("epsilon", "velocity"):
-            raise ValueError(f"loss_weighting must be 'epsilon' or 'velocity', got {config.loss_weighting!r}")
-        if config.negative_advantages not in ("clip", "spo"):
-            raise ValueError(f"negative_advantages must be 'clip' or 'spo', got {config.negative_advantages!r}")
+            raise ConfigError(f"FPO fine-tunes flow policies; this policy is {policy.config.kind!r}")
         self.cfg, self.seed, self.device = config, seed, torch.device(device)
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()

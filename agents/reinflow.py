@@ -91,9 +91,7 @@ class ReinFlowLearner(OnPolicyLearner):
         """``reference`` is the frozen pretrained policy for the BC regularizer (default: a copy of
         ``policy``, which is right for a fresh run; a resumed run must pass the pretrained one)."""
         if policy.config.kind not in ("flow", "shortcut"):
-            raise ValueError(f"ReinFlow fine-tunes flow policies; this policy is {policy.config.kind!r}")
-        if config.logprob_reduction not in ("mean", "sum"):
-            raise ValueError(f"logprob_reduction must be 'mean' or 'sum', got {config.logprob_reduction!r}")
+            raise ConfigError(f"ReinFlow fine-tunes flow policies; this policy is {policy.config.kind!r}")
         self.cfg, self.seed, self.device = config, seed, torch.device(device)
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()

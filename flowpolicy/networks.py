@@ -5,11 +5,13 @@ conditional network that maps (noisy action chunk, time, observation history) to
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+
+from flowpolicy.config import param
 
 ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 Activation = Literal["mish", "relu", "gelu", "silu", "tanh"]  # the names of ACTIVATIONS, for config fields
@@ -95,13 +97,13 @@ class NetworkConfig:
     """Backbone of the conditional network. ``kind`` is ``mlp`` (``hidden`` widths) or ``residual``
     (``num_blocks`` blocks of width ``hidden[0]``)."""
 
-    kind: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    num_blocks: int = 3
+    kind: Literal["mlp", "residual"] = param("mlp", "mlp (hidden widths) or residual (num_blocks of hidden[0])")
+    hidden: list[int] = param([256, 256, 256], "hidden widths (residual: the first is the block width)", ge=1)
+    num_blocks: int = param(3, "residual: number of blocks", ge=1)
     # SiLU, not ReinFlow's Mish: the same quality class, ~40% less CPU time per forward+backward.
-    activation: str = "silu"
-    layer_norm: bool = False
-    time_embed_dim: int = 16
+    activation: Activation = param("silu", "activation function")
+    layer_norm: bool = param(False, "residual: layer norm in each block")
+    time_embed_dim: int = param(16, "size of the sinusoidal time embedding", ge=1)
 
 
 def build_backbone(cfg: NetworkConfig, in_dim: int, out_dim: int) -> nn.Module:

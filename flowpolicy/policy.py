@@ -10,10 +10,12 @@ are recomputed on exactly what was sampled).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
+from flowpolicy.config import param
 from flowpolicy.models import MODEL_KINDS
 from flowpolicy.networks import NetworkConfig
 from flowpolicy.normalizers import ActionNormalizer, ObservationNormalizer
@@ -24,22 +26,25 @@ from flowpolicy.samplers import Chain, Sampler
 class PolicyConfig:
     """Shape and kind of a policy. ``act_steps`` of the H chunk actions are executed per decision."""
 
-    kind: str = "flow"  # flow | shortcut | diffusion | guided_flow (CFGRL)
-    obs_dim: int = 0
-    action_dim: int = 0
-    horizon: int = 4
-    act_steps: int | None = None  # None: execute the whole chunk
-    n_obs_steps: int = 1
-    num_steps: int = 4  # default K for sampling (evaluation uses it unless told otherwise)
+    kind: Literal["flow", "shortcut", "diffusion", "guided_flow"] = param(
+        "flow", "generative model: rectified flow, shortcut flow, DDPM ε-diffusion, or guided_flow (CFGRL)")
+    obs_dim: int = param(0, "observation size (from the dataset)", ge=0)
+    action_dim: int = param(0, "action size (from the dataset)", ge=0)
+    horizon: int = param(4, "H: actions per generated chunk", ge=1)
+    act_steps: int | None = param(None, "actions of each chunk executed before replanning (null: all H)", ge=1)
+    n_obs_steps: int = param(1, "observations in the condition (history length)", ge=1)
+    num_steps: int = param(4, "default K, denoising steps at sampling time (evaluation uses it unless told)", ge=1)
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    shortcut_max_log2_steps: int = 7
-    shortcut_self_consistency_fraction: float = 0.25
-    diffusion_cosine_s: float = 0.008
-    diffusion_alpha_min: float = 1e-4
-    diffusion_clip_denoised: bool = True  # clip DDIM's x̂₀ to [−1, 1] (see DiffusionModel.clipped_epsilon)
-    guidance: float = 1.0  # guided_flow: sampling guidance weight w (set per run with Policy.set_guidance)
-    guidance_label_dim: int = 16
-    guidance_label_dropout: float = 0.1
+    shortcut_max_log2_steps: int = param(7, "shortcut: finest step size 2^-this in training", ge=0)
+    shortcut_self_consistency_fraction: float = param(0.25, "shortcut: share of each batch trained for "
+                                                            "self-consistency", ge=0, le=1)
+    diffusion_cosine_s: float = param(0.008, "diffusion: offset s of the cosine ᾱ(t) schedule", ge=0)
+    diffusion_alpha_min: float = param(1e-4, "diffusion: floor of ᾱ at t = 0", gt=0, lt=1)
+    diffusion_clip_denoised: bool = param(True, "diffusion: clip DDIM's x̂₀ to [−1, 1] "
+                                                "(see DiffusionModel.clipped_epsilon)")
+    guidance: float = param(1.0, "guided_flow: sampling guidance weight w (set per run with Policy.set_guidance)")
+    guidance_label_dim: int = param(16, "guided_flow: size of the optimality-label embedding", ge=1)
+    guidance_label_dropout: float = param(0.1, "guided_flow: label dropout in training", ge=0, lt=1)
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:

@@ -237,8 +237,8 @@ def test_online_demo_fraction_and_rollout_guidance(reach_bc_policy, reach_demos,
 
 
 def test_cfgrl_config_errors_are_clear(reach_bc_policy, tmp_path):
-    with pytest.raises(ValueError, match="mode must be one of"):
-        CFGRLLearner(load_policy(reach_bc_policy)[0], "ReachTest-v0", CFGRLConfig(mode="batch", dataset="x"), 1)
+    with pytest.raises(ValueError, match="algo.mode: expected one of offline, online"):
+        from_dict(CFGRLConfig, {"mode": "batch", "dataset": "x"}, prefix="algo")
     with pytest.raises(ValueError, match="needs algo.dataset"):
         CFGRLLearner(load_policy(reach_bc_policy)[0], "ReachTest-v0", CFGRLConfig(), 1)
     with pytest.raises(ValueError, match="demo_fraction must lie in"):

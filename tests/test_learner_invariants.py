@@ -16,12 +16,12 @@ from flowpolicy.policy import Policy, PolicyConfig
 
 # small settings per algorithm: two iterations of ~16 env steps on the 8-step ReachTest task
 TINY = {
-    "reinflow": {"num_envs": 2, "num_steps": 8, "minibatch_size": 16, "update_epochs": 1, "critic_hidden": [8],
+    "reinflow": {"num_envs": 2, "decisions_per_env": 8, "minibatch_size": 16, "update_epochs": 1, "critic_hidden": [8],
                  "noise_hidden": [8]},
-    "fpo": {"num_envs": 2, "num_steps": 8, "minibatch_size": 16, "update_epochs": 1, "n_mc": 2,
+    "fpo": {"num_envs": 2, "decisions_per_env": 8, "minibatch_size": 16, "update_epochs": 1, "n_mc": 2,
             "critic_hidden": [8]},
     "grpo": {"group_size": 2, "num_groups": 1, "max_decisions": 8, "minibatch_size": 16, "update_epochs": 1},
-    "qsm": {"num_envs": 2, "num_steps": 8, "batch_size": 16, "critic_hidden": [8]},
+    "qsm": {"num_envs": 2, "decisions_per_env": 8, "batch_size": 16, "critic_hidden": [8]},
 }
 
 

@@ -155,7 +155,7 @@ def qsm_config(policy, out, total=4096, **algo):
         "algorithm": "qsm", "env_id": "ReachTest-v0", "policy": str(policy), "out": str(out), "seed": 1,
         "torch_threads": 1,
         "runner": {"total_env_steps": total, "eval_every": 0, "eval_episodes": 16, "progress": False},
-        "algo": {"num_envs": 8, "num_steps": 32, "batch_size": 128, "updates_per_decision": 0.25,
+        "algo": {"num_envs": 8, "decisions_per_env": 32, "batch_size": 128, "updates_per_decision": 0.25,
                  "critic_lr": 3e-3, "actor_lr": 1e-3, "critic_warmup_iterations": 2,
                  "critic_hidden": [64, 64], "reward_scale": 1.0, "gamma": 0.5, **algo}})
 

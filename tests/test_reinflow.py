@@ -104,7 +104,7 @@ def reach_config(policy, out, total=6144, **algo):
         "algorithm": "reinflow", "env_id": "ReachTest-v0", "policy": str(policy), "out": str(out), "seed": 1,
         "torch_threads": 1,
         "runner": {"total_env_steps": total, "eval_every": 0, "eval_episodes": 16, "progress": False},
-        "algo": {"num_envs": 8, "num_steps": 64, "minibatch_size": 128, "update_epochs": 4, "actor_lr": 3e-3,
+        "algo": {"num_envs": 8, "decisions_per_env": 64, "minibatch_size": 128, "update_epochs": 4, "actor_lr": 3e-3,
                  "noise_lr": 3e-3, "critic_lr": 3e-3, "clip_range": 0.2, "critic_warmup_iterations": 1,
                  "critic_hidden": [32, 32], "ent_coef": 0.0, "target_kl": None, **algo}})
 

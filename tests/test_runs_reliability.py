@@ -266,3 +266,13 @@ def test_flowpolicy_config_lists_every_key_with_a_doc(name, capsys):
     assert ("algo.K" in keys) if name != "pretrain" else ("policy.kind" in keys)
     undocumented = [r["key"] for r in rows if not r["doc"]]
     assert not undocumented, undocumented
+
+
+def test_old_spelling_of_a_renamed_key_is_accepted_with_a_warning():
+    from agents.reinflow import ReinFlowConfig
+    from flowpolicy.config import ConfigError, from_dict
+
+    with pytest.warns(FutureWarning, match="algo.num_steps is now algo.decisions_per_env"):
+        assert from_dict(ReinFlowConfig, {"num_steps": 7}, prefix="algo").decisions_per_env == 7
+    with pytest.raises(ConfigError, match="give only decisions_per_env"):
+        from_dict(ReinFlowConfig, {"num_steps": 7, "decisions_per_env": 8}, prefix="algo")
