@@ -1,5 +1,5 @@
-"""Short runs of the newer learners from the shipped Hopper configs (the flow BC policy, and the diffusion BC
-policy for DDPO): the pipeline writes a loadable policy."""
+"""Short runs of every learner from the shipped Hopper configs (the flow BC policy, and the diffusion BC
+policy for DDPO): the pipeline writes a loadable policy, and resuming the finished run is a no-op."""
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ from flowpolicy.config import load_config
 pytestmark = pytest.mark.filterwarnings("ignore:.*are never visited")
 
 SMOKE = {
+    "reinflow": ["algo.num_envs=2", "algo.decisions_per_env=8", "algo.minibatch_size=8", "runner.total_env_steps=128"],
     "qsm": ["algo.num_envs=2", "algo.decisions_per_env=8", "algo.critic_warmup_iterations=1", "algo.batch_size=32",
             "runner.total_env_steps=128"],
     "qsm-bc": ["algo.bc_coeff=0.5", "algo.num_envs=2", "algo.decisions_per_env=8", "algo.critic_warmup_iterations=0",
@@ -39,6 +40,11 @@ def test_hopper_smoke_run_writes_a_loadable_policy(name, tmp_path):
     assert summary["algorithm"] == algorithm and np.isfinite(summary["final_return"])
     agent = load_agent(tmp_path / "policy")
     assert agent.act(np.zeros(11, np.float32)).shape == (3,)
+    # resuming the finished run changes nothing, for every learner (no extra iteration, no new event file)
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    again = finetune(cfg, resume=True)
+    assert again["resumed_finished_run"] and again["env_steps"] == summary["env_steps"]
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
 
 
 @pytest.mark.parametrize("task,obs_dim,action_dim", [("halfcheetah", 17, 6), ("ant", 105, 8), ("walker2d", 17, 6)])
