@@ -158,7 +158,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{prefix or cls.__name__}: {err}") from None
-    except ConfigError as err:  # a cross-field rule of the dataclass (__post_init__)
+    except ValueError as err:  # a rule of the dataclass itself (__post_init__): a config error by construction
         raise ConfigError(f"{where}{err}" if prefix else str(err)) from None
 
 

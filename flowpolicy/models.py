@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from flowpolicy.config import ConfigError
 from flowpolicy.networks import ConditionalNet, NetworkConfig
 from flowpolicy.samplers import ModelFn, Sampler, grid_times, make_sampler, time_grid
 
@@ -49,7 +50,7 @@ class FlowModel(nn.Module):
     def sampler(self, name: str | None = None, K: int = 4, **params) -> Sampler:
         name = name or self.default_sampler_name
         if name not in FLOW_SAMPLERS:
-            raise ValueError(f"sampler {name!r} does not apply to a {self.kind} policy; use one of {FLOW_SAMPLERS}")
+            raise ConfigError(f"sampler {name!r} does not apply to a {self.kind} policy; use one of {FLOW_SAMPLERS}")
         return make_sampler(name, **params)
 
     def bc_loss(self, obs: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None
@@ -231,7 +232,7 @@ class DiffusionModel(nn.Module):
     def sampler(self, name: str | None = None, K: int = 4, **params) -> Sampler:
         name = name or self.default_sampler_name
         if name != "ddim":
-            raise ValueError(f"sampler {name!r} does not apply to a diffusion (ε-prediction) policy; use 'ddim'")
+            raise ConfigError(f"sampler {name!r} does not apply to a diffusion (ε-prediction) policy; use 'ddim'")
         params.setdefault("eta", 0.0)
         params.setdefault("alphas_cumprod", self.alphas_cumprod(time_grid(K, dtype=torch.float64)))
         return make_sampler("ddim", **params)

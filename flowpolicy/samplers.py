@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from flowpolicy.config import ConfigError
+
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -174,7 +176,7 @@ class ReinFlowSampler(Sampler):
 
     def __init__(self, noise_fn: NoiseFn):
         if noise_fn is None or not callable(noise_fn):
-            raise ValueError("the reinflow sampler needs noise_fn(x, t, obs) -> std")
+            raise ConfigError("the reinflow sampler needs noise_fn(x, t, obs) -> std")
         self.noise_fn = noise_fn
 
     def transition(self, model_fn, x, k, K, obs):
@@ -190,7 +192,7 @@ class FlowSDESampler(Sampler):
 
     def __init__(self, a: float = 0.7):
         if a < 0:
-            raise ValueError(f"flow_sde noise scale a must be ≥ 0, got {a}")
+            raise ConfigError(f"flow_sde noise scale a must be ≥ 0, got {a}")
         self.a = float(a)
 
     def sigma(self, t: torch.Tensor, K: int) -> torch.Tensor:
@@ -220,7 +222,7 @@ class CPSSampler(Sampler):
 
     def __init__(self, eta: float = 0.8):
         if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"cps eta must be in [0, 1], got {eta}")
+            raise ConfigError(f"cps eta must be in [0, 1], got {eta}")
         self.eta = float(eta)
 
     def transition(self, model_fn, x, k, K, obs):
@@ -243,7 +245,7 @@ class DDIMSampler(Sampler):
         if alphas_cumprod is None:
             raise ValueError("the ddim sampler needs alphas_cumprod (K+1 values, small at k=0, 1 at k=K)")
         if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"ddim eta must be in [0, 1], got {eta}")
+            raise ConfigError(f"ddim eta must be in [0, 1], got {eta}")
         alphas = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         if alphas.ndim != 1 or alphas.numel() < 2:
             raise ValueError("alphas_cumprod must be a 1-D tensor with K+1 ≥ 2 entries")
@@ -279,8 +281,8 @@ def make_sampler(name: str, **params) -> Sampler:
     try:
         cls = SAMPLERS[name]
     except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
+        raise ConfigError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
     try:
         return cls(**params)
     except TypeError as err:
-        raise ValueError(f"bad parameters for sampler {name!r}: {err}") from None
+        raise ConfigError(f"bad parameters for sampler {name!r}: {err}") from None

@@ -276,3 +276,19 @@ def test_old_spelling_of_a_renamed_key_is_accepted_with_a_warning():
         assert from_dict(ReinFlowConfig, {"num_steps": 7}, prefix="algo").decisions_per_env == 7
     with pytest.raises(ConfigError, match="give only decisions_per_env"):
         from_dict(ReinFlowConfig, {"num_steps": 7, "decisions_per_env": 8}, prefix="algo")
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--sampler", "bogus"], "sampler 'bogus' does not apply"),
+    (["--sampler", "flow_sde", "--sampler-param", "eta=0.3"], "bad parameters for sampler 'flow_sde'"),
+    (["--sampler", "flow_sde", "--sampler-param", "a=-1"], "a must be ≥ 0"),
+])
+def test_bad_sampler_choices_are_one_line(argv, fragment, capsys):
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", "data/policies/hopper-flow-bc", "--episodes", "1", *argv)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_a_policy_config_rule_is_a_one_line_config_error(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "pretrain", "--config", "configs/hopper/pretrain.yaml", "policy.act_steps=9",
+                           f"out={tmp_path / 'bc'}")
+    assert_one_line_error(code, err, "act_steps must be in [1, horizon=4]")
