@@ -38,16 +38,17 @@ from torch import nn
 
 from agents.critics import DoubleQ, ValueNet, expectile_loss, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
-from agents.rollout import adopt_training_K, iteration_seed
+from agents.rollout import RolloutConfig, adopt_training_K, iteration_seed
 from envs.vector import VecEnv
-from flowpolicy.config import ConfigError, param
+from flowpolicy.config import ConfigError, param, redefault
 from flowpolicy.models import GuidedFlowModel
 from flowpolicy.networks import Activation
 from flowpolicy.policy import Policy
 
 
 @dataclass
-class CFGRLConfig:
+class CFGRLConfig(RolloutConfig):
+    num_envs: int = redefault(RolloutConfig, "num_envs", 4)
     mode: Literal["offline", "online"] = param("offline", "offline: the dataset only; online: with env rollouts")
     dataset: str = param("", "the demonstrations: all the data offline, the replay's seed online")
     allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id (deliberate cross-env use)")
@@ -57,11 +58,6 @@ class CFGRLConfig:
     critic_pretrain_steps: int = param(20_000, "IQL steps before the policy trains", ge=0)
     offline_iterations: int = param(20, "offline mode: iterations (the budget; no env steps)", ge=1)
     updates_per_iteration: int = param(1000, "offline mode: gradient steps per iteration", ge=1)
-    num_envs: int = param(4, "online mode: parallel envs in rollouts", ge=1)
-    decisions_per_env: int = param(256, "online mode: decisions (action chunks) per env per iteration", ge=1,
-                                   renamed_from="num_steps")
-    K: int | None = param(None, "Euler steps for rollouts, evaluation and the saved policy (null: the policy's)",
-                          ge=1)
     updates_per_decision: float = param(0.25, "online mode: gradient steps per collected decision", gt=0)
     exploration_noise: float = param(0.0, "online mode: Gaussian noise std added to rollout actions", ge=0)
     buffer_size: int = param(250_000, "online mode: replay capacity in decisions", ge=1)
@@ -69,7 +65,6 @@ class CFGRLConfig:
                                       "(0: one replay seeded with them)", ge=0, le=1)
     rollout_guidance: float | None = param(None, "online mode: w for rollouts (null: guidance)")
     batch_size: int = param(256, "minibatch size", ge=1)
-    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
     expectile: float = param(0.9, "IQL expectile", gt=0, lt=1)
     tau: float = param(0.005, "Polyak rate of the target critic", gt=0, le=1)
     critic_lr: float = param(3e-4, "critic learning rate", gt=0)

@@ -36,7 +36,7 @@ from agents.ppo import (
     summarize,
     warn_if_rollouts_cut_episodes,
 )
-from agents.rollout import adopt_training_K
+from agents.rollout import RolloutConfig, adopt_training_K
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.config import ConfigError, param
@@ -45,17 +45,12 @@ from flowpolicy.policy import Policy
 
 
 @dataclass
-class FPOConfig:
-    num_envs: int = param(16, "parallel envs in rollouts", ge=1)
-    decisions_per_env: int = param(256, "decisions (action chunks) per env per iteration", ge=1,
-                                   renamed_from="num_steps")
-    K: int | None = param(None, "ODE steps for acting, evaluation and the saved policy (null: the policy's)", ge=1)
+class FPOConfig(RolloutConfig):
     n_mc: int = param(8, "(τ, ε) pairs per decision", ge=1)
     loss_weighting: Literal["epsilon", "velocity"] = param("epsilon", "CFM loss: ε-MSE (τ²-weighted) or velocity MSE")
     per_sample_ratio: bool = param(False, "FPO++: one ratio per (τ, ε) pair")
     negative_advantages: Literal["clip", "spo"] = param(
         "clip", "clip: PPO-clip everywhere; spo: FPO++'s SPO penalty where A < 0, PPO-clip elsewhere")
-    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
     gae_lambda: float = param(0.95, "GAE λ", ge=0, le=1)
     update_epochs: int = param(5, "PPO epochs over each rollout", ge=1)
     minibatch_size: int = param(1024, "decisions per minibatch", ge=1)

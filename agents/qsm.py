@@ -61,22 +61,17 @@ from torch import nn
 
 from agents.critics import DoubleQ, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
-from agents.rollout import adopt_training_K, iteration_seed
+from agents.rollout import RolloutConfig, adopt_training_K, iteration_seed
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
-from flowpolicy.config import ConfigError, param
+from flowpolicy.config import ConfigError, param, redefault
 from flowpolicy.networks import Activation
 from flowpolicy.policy import Policy
 
 
 @dataclass
-class QSMConfig:
-    num_envs: int = param(4, "parallel envs in rollouts", ge=1)
-    decisions_per_env: int = param(256, "decisions (action chunks) per env per iteration", ge=1,
-                                   renamed_from="num_steps")
-    K: int | None = param(None, "denoising steps for rollouts, targets, evaluation and the saved policy "
-                                "(null: the policy's)", ge=1)
-    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
+class QSMConfig(RolloutConfig):
+    num_envs: int = redefault(RolloutConfig, "num_envs", 4)
     buffer_size: int = param(250_000, "replay capacity in decisions", ge=1)
     batch_size: int = param(256, "replay minibatch size", ge=1)
     updates_per_decision: float = param(0.25, "gradient steps per collected decision (summed over envs)", gt=0)

@@ -36,10 +36,10 @@ from agents.ppo import (
     summarize,
     warn_if_rollouts_cut_episodes,
 )
-from agents.rollout import adopt_training_K
+from agents.rollout import RolloutConfig, adopt_training_K
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
-from flowpolicy.config import ConfigError, param
+from flowpolicy.config import ConfigError, param, redefault
 from flowpolicy.networks import MLP, Activation
 from flowpolicy.noise import NoiseNet
 from flowpolicy.policy import Policy
@@ -47,13 +47,8 @@ from flowpolicy.samplers import gaussian_log_prob
 
 
 @dataclass
-class ReinFlowConfig:
-    num_envs: int = param(16, "parallel envs in rollouts", ge=1)
-    decisions_per_env: int = param(128, "decisions (action chunks) per env per iteration", ge=1,
-                                   renamed_from="num_steps")
-    K: int | None = param(None, "denoising steps in rollouts, updates, evaluation and the saved policy "
-                                "(null: the policy's)", ge=1)
-    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
+class ReinFlowConfig(RolloutConfig):
+    decisions_per_env: int = redefault(RolloutConfig, "decisions_per_env", 128)
     gae_lambda: float = param(0.95, "GAE λ", ge=0, le=1)
     update_epochs: int = param(5, "PPO epochs over each rollout", ge=1)
     minibatch_size: int = param(1024, "decisions per PPO minibatch", ge=1)

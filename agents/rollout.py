@@ -12,7 +12,21 @@ from typing import Any
 import torch
 
 from envs.vector import VecEnv, VecStep
+from flowpolicy.config import param
 from flowpolicy.policy import Policy
+
+
+@dataclass
+class RolloutConfig:
+    """The rollout settings every learner that steps envs shares; its config extends this one (and may
+    change a default with :func:`flowpolicy.config.redefault`)."""
+
+    num_envs: int = param(16, "parallel envs in rollouts", ge=1)
+    decisions_per_env: int = param(256, "decisions (action chunks) per env per iteration", ge=1,
+                                   renamed_from="num_steps")
+    K: int | None = param(None, "denoising steps in rollouts and updates; evaluation and the saved policy use the "
+                                "same K (null: the policy's)", ge=1)
+    gamma: float = param(0.99, "discount per decision (action chunk)", ge=0, le=1)
 
 
 def adopt_training_K(policy: Policy, K: int | None) -> int:
