@@ -28,19 +28,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# shrunk shipped configs: 2–3 iterations each, one evaluation episode
+# shrunk shipped configs: about 8 iterations each (so most kills land mid-run), one evaluation episode
 TINY = {
     "reinflow": ["algo.num_envs=2", "algo.decisions_per_env=8", "algo.minibatch_size=8",
-                 "runner.total_env_steps=192"],
+                 "runner.total_env_steps=512"],
     "fpo": ["algo.num_envs=2", "algo.decisions_per_env=8", "algo.minibatch_size=8",
-            "algo.critic_warmup_iterations=0", "runner.total_env_steps=192"],
-    "grpo": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=192"],
-    "cps": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=192"],
-    "ddpo_is": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=192"],
-    "ddpo_sf": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=192"],
+            "algo.critic_warmup_iterations=0", "runner.total_env_steps=512"],
+    "grpo": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=512"],
+    "cps": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=512"],
+    "ddpo_is": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=512"],
+    "ddpo_sf": ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=8", "runner.total_env_steps=512"],
     "qsm": ["algo.num_envs=2", "algo.decisions_per_env=8", "algo.critic_warmup_iterations=1", "algo.batch_size=32",
-            "runner.total_env_steps=192"],
-    "cfgrl": ["algo.critic_pretrain_steps=20", "algo.offline_iterations=3", "algo.updates_per_iteration=10",
+            "runner.total_env_steps=512"],
+    "cfgrl": ["algo.critic_pretrain_steps=20", "algo.offline_iterations=8", "algo.updates_per_iteration=10",
               "algo.batch_size=32"],
 }
 COMMON = ["runner.eval_episodes=1", "runner.progress=false", "torch_threads=1"]
@@ -167,7 +167,7 @@ def write_report(path: Path, faults: list[dict], bad: list[dict], command: str) 
              f"Measured with `{command}` on a 2-core machine ({time.strftime('%Y-%m-%d')}).", ""]
     if faults:
         lines += ["## SIGKILL at a random moment, then `--resume`", "",
-                  "Each learner's tiny Hopper run (shipped config shrunk to 2–3 iterations, 1 evaluation episode) is "
+                  "Each learner's tiny Hopper run (shipped config shrunk to about 8 iterations, 1 evaluation episode) is "
                   "run once uninterrupted, then killed with SIGKILL at a uniformly random moment of its wall time "
                   "and resumed (`flowpolicy finetune --resume RUN_DIR`, or `--config FILE --resume` when nothing was "
                   "on disk yet). *Matching*: initial/final/best return, env steps and iterations equal the "
