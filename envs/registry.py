@@ -72,18 +72,20 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-# id prefix → (module that registers the ids on import, pip extra that installs it); first match wins
+# id prefix → (module that registers the ids on import, the pip command that installs it); first match wins
 SUITE_MODULES: dict[str, tuple[str, str]] = {
-    "Fetch": ("gymnasium_robotics", "flowpolicy[manipulation]"),
-    "FrankaKitchen": ("gymnasium_robotics", "flowpolicy[manipulation]"),
-    "HandManipulate": ("gymnasium_robotics", "flowpolicy[manipulation]"),
-    "HandReach": ("gymnasium_robotics", "flowpolicy[manipulation]"),
-    "AdroitHand": ("gymnasium_robotics", "flowpolicy[manipulation]"),
-    "PointMaze": ("gymnasium_robotics", "flowpolicy[manipulation]"),
-    "AntMaze": ("gymnasium_robotics", "flowpolicy[manipulation]"),
-    "Meta-World/": ("metaworld", "flowpolicy[metaworld]"),
-    "gym_pusht/": ("gym_pusht", "flowpolicy[manipulation]"),
-    "ocbench/": ("ocbench", "flowpolicy[manipulation]"),
+    "Fetch": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "FrankaKitchen": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "HandManipulate": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "HandReach": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "AdroitHand": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "PointMaze": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "AntMaze": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "Meta-World/": ("metaworld", "pip install --no-deps metaworld==3.1.1"),  # (it pins mujoco 3.3.0; runs on 3.9)
+    "gym_pusht/": ("gym_pusht", "pip install 'flowpolicy[manipulation]'"),
+    # OCBench: block-cpu-single-task1-v0, chamber-cpu-lite-easy-task1-v0, visual-block-cpu-…, …
+    **{prefix: ("ocbench", "pip install 'flowpolicy[manipulation]'")
+       for prefix in ("block-", "chamber-", "switch-", "hanoi-", "bowling-", "visual-")},
 }
 
 
@@ -91,13 +93,13 @@ def _import_suite(env_id: str) -> None:
     """Import the suite that registers ``env_id`` (see :data:`SUITE_MODULES`) if gymnasium does not know it."""
     if env_id in gym.registry:
         return
-    for prefix, (module_name, extra) in SUITE_MODULES.items():
+    for prefix, (module_name, install) in SUITE_MODULES.items():
         if env_id.startswith(prefix):
             try:
                 importlib.import_module(module_name)
             except ImportError as err:
                 raise EnvError(f"env id {env_id!r} needs the {module_name!r} package, which is not installed "
-                               f"({_one_line(err)}): pip install '{extra}'") from None
+                               f"({_one_line(err)}): {install}") from None
             return
 
 

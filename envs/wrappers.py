@@ -11,8 +11,9 @@
 - ``obs_keys = ["observation", "desired_goal"]``: only those top-level keys, in that order.
 
 **Success** (:class:`SuccessInfo`): the env's own success flag is read from ``info`` — ``success_key`` if
-given, else the first of ``is_success`` (gymnasium-robotics Fetch, gym-pusht) and ``success`` (Meta-World,
-OCBench) that the env reports — and written to ``info["success"]`` as a bool on every step. An episode
+given, else the first of ``is_success`` (gymnasium-robotics Fetch, gym-pusht), ``success`` (Meta-World,
+OCBench) and ``tasks_to_complete`` (FrankaKitchen: success = the list is empty, all its tasks done) that the
+env reports — and written to ``info["success"]`` as a bool on every step. An episode
 *succeeds* when the flag is true at **any** step of it (robomimic's convention: a task that was solved
 counts, even if the object is later knocked over); on the step that ends an episode the wrapper adds
 ``info["episode_success"]``. An env that never puts the key in ``info`` reports no success at all (then no
@@ -33,7 +34,9 @@ import numpy as np
 
 from envs.registry import EnvError
 
-SUCCESS_KEYS = ("is_success", "success")
+SUCCESS_KEYS = ("is_success", "success", "tasks_to_complete")
+# how an info value becomes a success flag: a number/bool is true when > 0, except for these keys
+SUCCESS_RULES = {"tasks_to_complete": lambda value: len(value) == 0}  # FrankaKitchen: no task left
 
 
 def _doc(doc: str) -> dict:
@@ -48,7 +51,7 @@ class EnvOptions:
     obs_keys: list[str] | None = field(default=None, metadata=_doc(
         "Dict observation keys to flatten, in this order (null: all keys, gymnasium FlattenObservation order)"))
     success_key: str | None = field(default=None, metadata=_doc(
-        "info key of the success flag (null: is_success, else success, whichever the env reports)"))
+        "info key of the success flag (null: is_success, success or tasks_to_complete, whichever the env reports)"))
     terminate_on_success: bool = field(default=False, metadata=_doc(
         "end the episode (terminated) at the first step with success"))
     success_reward: Literal["env", "sparse"] = field(default="env", metadata=_doc(
@@ -119,6 +122,8 @@ class SuccessInfo(gym.Wrapper, gym.utils.RecordConstructorArgs):
         for key in self.keys:
             if key in info:
                 self.reports_success = True
+                if key in SUCCESS_RULES:
+                    return bool(SUCCESS_RULES[key](info[key]))
                 return bool(np.any(np.asarray(info[key]) > 0))
         return None
 

@@ -155,7 +155,7 @@ def test_flatten_wrapper_records_constructor_args():
 def test_unknown_ids_and_missing_suites_are_one_line_errors(monkeypatch):
     with pytest.raises(EnvError, match="unknown environment 'NoSuchTask-v0'"):
         make_gym_env("NoSuchTask-v0")
-    monkeypatch.setitem(SUITE_MODULES, "FakeSuite", ("no_such_suite_module", "flowpolicy[manipulation]"))
+    monkeypatch.setitem(SUITE_MODULES, "FakeSuite", ("no_such_suite_module", "pip install 'flowpolicy[manipulation]'"))
     with pytest.raises(EnvError) as err:
         make_gym_env("FakeSuiteReach-v1")
     assert "pip install 'flowpolicy[manipulation]'" in str(err.value) and "\n" not in str(err.value)
