@@ -145,6 +145,11 @@ def make_gym_env(env_id: str, **env_kwargs) -> gym.Env:
         raise EnvError(f"unknown environment {env_id!r}: {_one_line(err)}") from None
     except gym.error.Error as err:
         raise EnvError(f"cannot make environment {env_id!r}: {_one_line(err)}") from None
+    except TypeError as err:
+        if "raised from the environment creator" not in str(err):
+            raise  # a bug, not a kwarg the user can fix: keep the traceback
+        raise EnvError(f"cannot make environment {env_id!r} with kwargs {env_kwargs}: {_one_line(err)} (env kwargs "
+                       f"come from env_kwargs.KEY=VALUE in a config or --env-kwarg KEY=VALUE)") from None
 
 
 def get_task(env_id: str, options=None, **env_kwargs) -> TaskSpec:

@@ -125,6 +125,12 @@ def test_env_kwargs_reach_the_env():
     assert get_task("manip_envs:ManipTiny-v0", horizon=3).max_episode_steps == 0  # (no TimeLimit: self-truncating)
 
 
+def test_a_wrong_or_missing_env_kwarg_is_a_one_line_error():
+    with pytest.raises(EnvError, match="env_kwargs.KEY=VALUE") as err:
+        make_gym_env("manip_envs:ManipTiny-v0", no_such_kwarg=1)
+    assert "\n" not in str(err.value) and "no_such_kwarg" in str(err.value)
+
+
 def test_no_second_record_episode_statistics():
     env = make_env("manip_envs:with_own_episode_stats", act_steps=2)
     stack, inner = [], env
