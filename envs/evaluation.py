@@ -222,10 +222,10 @@ def record_video(agent, env_id: str, path: str | Path, seed: int = 0, max_steps:
         try:
             env = make_env(env_id, render_mode="rgb_array", options=options, **{"width": width, "height": height,
                                                                                  **env_kwargs})
-        except TypeError:  # not a MuJoCo env: it takes no frame size
+        except (TypeError, EnvError):  # not a MuJoCo env: it takes no frame size
             try:
                 env = make_env(env_id, render_mode="rgb_array", options=options, **env_kwargs)
-            except TypeError as err:
+            except (TypeError, EnvError) as err:
                 raise EvaluationError(f"{env_id}: cannot be made with render_mode='rgb_array' "
                                       f"({' '.join(str(err).split())[:200]})") from None
     sim_fps = env.metadata.get("render_fps") or fps
