@@ -21,7 +21,7 @@ counts, even if the object is later knocked over); on the step that ends an epis
 
 Options (:class:`EnvOptions`): ``terminate_on_success`` ends the episode (``terminated``) at the first
 success step; ``success_reward = "sparse"`` replaces the env's reward by 1 on success steps and 0 otherwise
-— robosuite's ``reward_shaping=False`` reward, the one DPPO's robomimic runs fine-tune on.
+— robosuite's ``reward_shaping=False`` reward, the sparse success reward DPPO's robomimic runs fine-tune on.
 """
 
 from __future__ import annotations
