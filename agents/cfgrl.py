@@ -117,7 +117,8 @@ class CFGRLLearner:
     name = "cfgrl"
 
     def __init__(self, policy: Policy, env_id: str, config: CFGRLConfig, total_iterations: int, seed: int = 0,
-                 device: str = "cpu", reference: Policy | None = None):
+                 device: str = "cpu", reference: Policy | None = None, env_kwargs: dict | None = None,
+                 env_options=None):
         """``reference`` is unused (CFGRL stays near the data through the label-dropout prior)."""
         if not config.dataset:
             raise ConfigError("CFGRL needs algo.dataset (the demonstrations its critic and labels are fitted on)")
@@ -146,7 +147,8 @@ class CFGRLLearner:
             self.demos.add(**demos)
         else:
             self.replay.add(**demos)
-        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps) \
+        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps,
+                           options=env_options, **(env_kwargs or {})) \
             if self.online else None
         self.sampler = self.policy.make_sampler(K=self.K)
         self.env_steps_per_iteration = config.num_envs * config.decisions_per_env * pc.act_steps if self.online else 0

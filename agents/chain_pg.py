@@ -160,7 +160,8 @@ class ChainPGLearner(OnPolicyLearner):
     runs_until_env_steps = True
 
     def __init__(self, policy: Policy, env_id: str, config: GRPOConfig, total_iterations: int, seed: int = 0,
-                 device: str = "cpu", reference: Policy | None = None):
+                 device: str = "cpu", reference: Policy | None = None, env_kwargs: dict | None = None,
+                 env_options=None):
         """``reference``: the pretrained policy for the KL term (default: a copy of ``policy``)."""
         kind = policy.config.kind
         allowed = DIFFUSION_SAMPLERS if kind == "diffusion" else FLOW_SAMPLERS if kind in ("flow", "shortcut") else ()
@@ -199,7 +200,8 @@ class ChainPGLearner(OnPolicyLearner):
                 self.reward_scale = RunningReturnScale(config.group_size * config.num_groups, config.gamma)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.num_envs = config.group_size * config.num_groups
-        self.envs = VecEnv(env_id, self.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.envs = VecEnv(env_id, self.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps,
+                           options=env_options, **(env_kwargs or {}))
         self.env_steps_per_iteration = self.num_envs * config.max_decisions * pc.act_steps  # an upper bound
         warn_if_rollouts_cut_episodes(env_id, config.max_decisions * pc.act_steps, "algo.max_decisions")
         self.batch: dict[str, torch.Tensor] = {}
@@ -224,6 +226,7 @@ class ChainPGLearner(OnPolicyLearner):
         active = np.ones(self.num_envs, dtype=bool)
         returns = np.zeros(self.num_envs)
         lengths = np.zeros(self.num_envs, dtype=np.int64)
+        succeeded, reports_success = np.zeros(self.num_envs, dtype=bool), False
         conds, chains, log_probs, owners = [], [], [], []
         steps: dict[str, list] = {"cond": [], "reward": [], "terminated": [], "truncated": [], "next_cond": []}
         if self.reward_scale:
@@ -243,6 +246,9 @@ class ChainPGLearner(OnPolicyLearner):
             owners.append(rows)
             returns[active] += out.reward[active]
             lengths[active] += out.env_steps[active]
+            if out.success is not None:
+                reports_success = True
+                succeeded[active] |= out.success[active]
             if self.critic is not None:  # [N] per step; rows of finished episodes are dropped after GAE
                 steps["cond"].append(cond)
                 reward = self.reward_scale(out.reward, out.done, active) if self.reward_scale else out.reward
@@ -263,8 +269,11 @@ class ChainPGLearner(OnPolicyLearner):
                                           self.cfg.adv_clip)
             self.batch["advantages"] = advantages[owner]
         # one episode per env: the metrics count only the steps inside it
-        return {"env_steps": int(lengths.sum()), "episode_returns": returns.tolist(),
-                "episode_lengths": lengths.tolist(), "env_s": rollout.env_s}
+        metrics = {"env_steps": int(lengths.sum()), "episode_returns": returns.tolist(),
+                   "episode_lengths": lengths.tolist(), "env_s": rollout.env_s}
+        if reports_success:
+            metrics["episode_successes"] = succeeded.tolist()
+        return metrics
 
     def _gae(self, steps: dict[str, list], owners: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-decision GAE advantages (batch-normalized, clipped) and λ-returns, in the batch's row order:

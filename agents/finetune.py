@@ -28,6 +28,7 @@ from agents.qsm import QSMConfig, QSMLearner
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import Runner, RunnerConfig, has_training_state, last_checkpoint
 from envs.registry import get_task
+from envs.wrappers import EnvOptions
 from flowpolicy.checkpoint import atomic_write_json, load_policy
 from flowpolicy.config import ConfigError, check_device, from_dict, param
 
@@ -41,6 +42,8 @@ ALGORITHMS = {"reinflow": (ReinFlowConfig, ReinFlowLearner), "qsm": (QSMConfig, 
 class FinetuneConfig:
     algorithm: str = param("reinflow", f"online learner: {' | '.join(ALGORITHMS)} (its settings go under algo.*)")
     env_id: str = param("Hopper-v5", "gymnasium env id (or module:EnvId)")
+    env_kwargs: dict = param({}, "keyword arguments for gym.make(env_id, ...) (e.g. env_name for Meta-World)")
+    env_options: EnvOptions = field(default_factory=EnvOptions)
     policy: str = param("", "pretrained policy checkpoint directory")
     out: str = param("runs/finetune", "run directory (must not hold another run unless --overwrite)")
     seed: int = param(0, "seed of the learner, its envs and its evaluations", ge=0)
@@ -105,7 +108,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     continuing = resume and has_training_state(last_checkpoint(run_dir))
     source = last_checkpoint(run_dir) if continuing else Path(cfg.policy)
     policy, metadata = load_policy(source, device=cfg.device)
-    task = get_task(cfg.env_id)
+    task = get_task(cfg.env_id, cfg.env_options, **cfg.env_kwargs)
     if (policy.config.obs_dim, policy.config.action_dim) != (task.obs_dim, task.action_dim):
         raise ConfigError(f"policy {source} has obs/action dims {policy.config.obs_dim}/{policy.config.action_dim} "
                           f"but {cfg.env_id} has {task.obs_dim}/{task.action_dim}")
@@ -117,15 +120,21 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     # a resumed run regularizes toward the pretrained policy, not toward where it was interrupted
     reference = load_policy(cfg.policy, device=cfg.device)[0] if continuing and cfg.policy else None
     learner = learner_cls(policy, cfg.env_id, algo_cfg, iterations, seed=cfg.seed, device=cfg.device,
-                          reference=reference)
+                          reference=reference, env_kwargs=cfg.env_kwargs, env_options=cfg.env_options)
     if not resume:  # everything checked: only now touch the disk
         if overwrite and run_dir.is_dir():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", asdict(cfg))
+    env_meta = {}  # what `flowpolicy evaluate` needs to make the same env from the saved policy
+    if cfg.env_kwargs:
+        env_meta["env_kwargs"] = cfg.env_kwargs
+    if cfg.env_options != EnvOptions():
+        env_meta["env_options"] = asdict(cfg.env_options)
     runner = Runner(learner, cfg.runner, cfg.env_id, run_dir, seed=cfg.seed,
-                    metadata={"algorithm": cfg.algorithm, "pretrained": cfg.policy,
-                              "pretrained_metadata": metadata.get("pretrained_metadata") if continuing else metadata})
+                    metadata={"algorithm": cfg.algorithm, "pretrained": cfg.policy, **env_meta,
+                              "pretrained_metadata": metadata.get("pretrained_metadata") if continuing else metadata},
+                    env_kwargs=cfg.env_kwargs, env_options=cfg.env_options)
     try:
         return runner.run(resume=continuing)
     finally:

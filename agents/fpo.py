@@ -84,7 +84,8 @@ class FPOLearner(OnPolicyLearner):
     name = "fpo"
 
     def __init__(self, policy: Policy, env_id: str, config: FPOConfig, total_iterations: int, seed: int = 0,
-                 device: str = "cpu", reference: Policy | None = None):
+                 device: str = "cpu", reference: Policy | None = None, env_kwargs: dict | None = None,
+                 env_options=None):
         """``reference`` is unused (FPO has no regularizer toward the pretrained policy)."""
         if policy.config.kind != "flow":  # a shortcut model acts with its step-size head, not the velocity ℓ scores
             raise ConfigError(f"FPO fine-tunes flow policies; this policy is {policy.config.kind!r}")
@@ -98,7 +99,8 @@ class FPOLearner(OnPolicyLearner):
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps,
+                           options=env_options, **(env_kwargs or {}))
         self.reward_scale = RunningReturnScale(config.num_envs, config.gamma) if config.normalize_rewards else None
         n = config.n_mc
         self.buffer = RolloutBuffer(config.decisions_per_env, config.num_envs, pc.cond_dim, (1, self.D), self.device,

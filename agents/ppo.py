@@ -141,7 +141,10 @@ def warn_if_rollouts_cut_episodes(env_id: str, env_steps_per_env: int, setting: 
     """Every iteration resets its envs, so a rollout shorter than the task's time limit never reaches the
     late part of an episode (the cut is a truncation GAE bootstraps, but those states are never trained on).
     Warns, naming the setting to raise; returns whether it warned."""
-    limit = gym.spec(env_id).max_episode_steps
+    try:  # a module:EnvId id is registered as EnvId (its module was imported when the envs were made)
+        limit = gym.spec(env_id.rpartition(":")[2]).max_episode_steps
+    except gym.error.Error:  # a module:Class id: no registered spec to read
+        return False
     if limit is None or env_steps_per_env >= limit:
         return False
     warnings.warn(f"{env_id}: each iteration runs {env_steps_per_env} env steps per env but an episode may last "

@@ -159,7 +159,8 @@ class QSMLearner:
     name = "qsm"
 
     def __init__(self, policy: Policy, env_id: str, config: QSMConfig, total_iterations: int, seed: int = 0,
-                 device: str = "cpu", reference: Policy | None = None):
+                 device: str = "cpu", reference: Policy | None = None, env_kwargs: dict | None = None,
+                 env_options=None):
         """``reference``: the pretrained policy, for a resumed run (a fresh one copies ``policy``); with
         ``anchor: reference`` the saved reference of a resumed run replaces it when its state loads."""
         if config.grad_at not in GRAD_AT:
@@ -183,7 +184,8 @@ class QSMLearner:
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps,
+                           options=env_options, **(env_kwargs or {}))
         self.replay = ReplayBuffer(config.buffer_size, pc.cond_dim, pc.chunk_dim, self.device)
         if config.bc_coeff and not config.dataset:
             raise ValueError("bc_coeff > 0 needs algo.dataset (the demonstrations the BC term imitates)")

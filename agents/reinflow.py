@@ -82,7 +82,8 @@ class ReinFlowLearner(OnPolicyLearner):
     name = "reinflow"
 
     def __init__(self, policy: Policy, env_id: str, config: ReinFlowConfig, total_iterations: int, seed: int = 0,
-                 device: str = "cpu", reference: Policy | None = None):
+                 device: str = "cpu", reference: Policy | None = None, env_kwargs: dict | None = None,
+                 env_options=None):
         """``reference`` is the frozen pretrained policy for the BC regularizer (default: a copy of
         ``policy``, which is right for a fresh run; a resumed run must pass the pretrained one)."""
         if policy.config.kind not in ("flow", "shortcut"):
@@ -104,7 +105,8 @@ class ReinFlowLearner(OnPolicyLearner):
                                            {"params": self.noise.parameters(), "lr": config.noise_lr}])
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps)
+        self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps,
+                           options=env_options, **(env_kwargs or {}))
         self.reward_scale = RunningReturnScale(config.num_envs, config.gamma) if config.normalize_rewards else None
         self.buffer = RolloutBuffer(config.decisions_per_env, config.num_envs, pc.cond_dim, (self.K + 1, self.D),
                                     self.device)

@@ -67,6 +67,7 @@ class Rollout:
         self.env_steps, self.env_s = 0, 0.0
         self.episode_returns: list[float] = []
         self.episode_lengths: list[int] = []
+        self.episode_successes: list[bool] = []  # stays empty when the env reports no success
 
     def condition(self, obs) -> torch.Tensor:
         return self.policy.condition(torch.as_tensor(obs, dtype=torch.float32, device=self.policy.device))
@@ -87,10 +88,15 @@ class Rollout:
             self.env_steps += int(out.env_steps.sum())
             self.episode_returns += out.episode_returns
             self.episode_lengths += out.episode_lengths
+            self.episode_successes += out.episode_successes
             yield Decision(t, cond, record, out, self.condition(out.final_obs))
             obs = out.obs
 
     def metrics(self) -> dict:
-        """What a learner's ``collect`` returns to the runner."""
-        return {"env_steps": self.env_steps, "episode_returns": self.episode_returns,
-                "episode_lengths": self.episode_lengths, "env_s": self.env_s}
+        """What a learner's ``collect`` returns to the runner (``episode_successes`` only where the env reports
+        success)."""
+        out = {"env_steps": self.env_steps, "episode_returns": self.episode_returns,
+               "episode_lengths": self.episode_lengths, "env_s": self.env_s}
+        if self.episode_successes:
+            out["episode_successes"] = self.episode_successes
+        return out

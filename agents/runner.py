@@ -10,7 +10,14 @@ directory holds::
     checkpoints/best/          policy with the best evaluation return so far
     policy/                    the final policy (load_agent / flowpolicy evaluate)
     config.json                the resolved configuration (written before any work starts)
-    summary.json               initial/final/best return and normalized score, env_steps, wall_s, env_steps_per_s
+    summary.json               initial/final/best return and normalized score (and success rate when the env
+                               reports success), env_steps, wall_s, env_steps_per_s
+
+Success (manipulation tasks): when the env reports success in ``info`` (see :mod:`envs.wrappers`), training
+episodes log ``charts/success_rate`` (fraction of the iteration's finished episodes that succeeded at any
+step), evaluations ``eval/success_rate``, the progress bar shows it and summary.json carries
+``initial_success_rate`` / ``final_success_rate`` / ``best_success_rate`` (the success rate of the best-return
+evaluation). An env without a success signal gets none of these keys.
 
 A run is resumable from its first second: ``checkpoints/last`` is written at iteration 0, before the initial
 evaluation, and a run directory with only ``config.json`` starts from scratch on ``--resume``. Resuming a
@@ -133,11 +140,12 @@ def _all_finite(metrics: dict, modules: dict) -> str | None:
 
 class Runner:
     def __init__(self, learner: Learner, config: RunnerConfig, env_id: str, run_dir: str | Path, seed: int = 0,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, env_kwargs: dict | None = None, env_options=None):
         self.learner, self.cfg, self.env_id, self.seed = learner, config, env_id, seed
         self.run_dir = Path(run_dir)
         self.metadata = metadata or {}
-        self.task = get_task(env_id)
+        self.env_kwargs, self.env_options = dict(env_kwargs or {}), env_options
+        self.task = get_task(env_id, env_options, **self.env_kwargs)
         self.iterations = learner.total_iterations
         # a learner whose iterations take a variable number of env steps (whole episodes) runs until the
         # env-step budget is spent; total_iterations is then only an upper bound
@@ -148,7 +156,8 @@ class Runner:
     # -- evaluation and checkpoints ---------------------------------------------------------------
     def evaluate(self) -> dict:
         agent = Agent(self.learner.eval_policy(), seed=self.seed)
-        result = evaluate_agent(agent, self.env_id, self.cfg.eval_episodes, seed=self.seed)  # = `evaluate --seed`
+        result = evaluate_agent(agent, self.env_id, self.cfg.eval_episodes, seed=self.seed,  # = `evaluate --seed`
+                                options=self.env_options, **self.env_kwargs)
         self.learner.eval_policy().train()
         return result.to_dict()
 
@@ -215,7 +224,7 @@ class Runner:
         bar = tqdm(total=total, initial=initial, unit=unit,
                    desc=f"{self.metadata.get('algorithm', 'finetune')} {self.env_id}",
                    disable=not self.cfg.progress or None, dynamic_ncols=True)
-        last_return = None
+        last_return = last_success = None
         try:
             for iteration in range(state["iteration"], self.iterations):
                 if self.finished(state):
@@ -239,6 +248,9 @@ class Runner:
                     last_return = float(np.mean(returns))
                     writer.add_scalar("charts/episodic_return", last_return, step)
                     writer.add_scalar("charts/episodic_length", float(np.mean(rollout["episode_lengths"])), step)
+                if rollout.get("episode_successes"):
+                    last_success = float(np.mean(rollout["episode_successes"]))
+                    writer.add_scalar("charts/success_rate", last_success, step)
                 for key, value in metrics.items():
                     writer.add_scalar(key, value, step)
                 writer.add_scalar("perf/env_steps_per_s", rollout["env_steps"] / max(t2 - t0, 1e-9), step)
@@ -260,9 +272,14 @@ class Runner:
                     self._save("last", iteration + 1, {**state}, with_training_state=True)
                     self._saved_iteration = iteration + 1
                 bar.update(1 if self.offline else rollout["env_steps"])
-                bar.set_postfix(sps=f"{rollout['env_steps'] / max(t2 - t0, 1e-9):.0f}",
-                                ret=f"{last_return:.0f}" if last_return is not None else "-",
-                                eval=f"{state['last_eval']['return_mean']:.0f}")
+                postfix = dict(sps=f"{rollout['env_steps'] / max(t2 - t0, 1e-9):.0f}",
+                               ret=f"{last_return:.0f}" if last_return is not None else "-",
+                               eval=f"{state['last_eval']['return_mean']:.0f}")
+                if last_success is not None:
+                    postfix["succ"] = f"{last_success:.2f}"
+                if "success_rate" in state["last_eval"]:
+                    postfix["eval_succ"] = f"{state['last_eval']['success_rate']:.2f}"
+                bar.set_postfix(**postfix)
         finally:
             bar.close()
             writer.close()
@@ -286,12 +303,17 @@ class Runner:
         writer.add_scalar("eval/return", result["return_mean"], step)
         if "normalized_score" in result:
             writer.add_scalar("eval/normalized_score", result["normalized_score"], step)
+        if "success_rate" in result:
+            writer.add_scalar("eval/success_rate", result["success_rate"], step)
 
     def _summary(self, state: dict) -> dict:
         wall = state["wall_s"]
         final, initial, best = state["last_eval"], state["initial_eval"], state["best_eval"] or state["last_eval"]
+        success = {} if "success_rate" not in final else {
+            "initial_success_rate": initial.get("success_rate"), "final_success_rate": final["success_rate"],
+            "best_success_rate": best.get("success_rate")}
         return {
-            "env_id": self.env_id, "algorithm": self.metadata.get("algorithm"), "seed": self.seed,
+            "env_id": self.env_id, "algorithm": self.metadata.get("algorithm"), "seed": self.seed, **success,
             "initial_return": initial["return_mean"], "final_return": final["return_mean"],
             "final_return_std": final["return_std"], "best_return": best["return_mean"],
             "initial_normalized_score": initial.get("normalized_score"),

@@ -12,6 +12,10 @@ does), it is told the episode seed too, and draws that episode's sampler noise (
 every chain, and the per-step noise of stochastic samplers) from a generator seeded by it. So the same
 policy, ``seed`` and ``episodes`` give the same returns with 1 env or 8, from ``flowpolicy evaluate``,
 ``pretrain``'s final evaluation or a fine-tuning run's evaluation — as long as they pass the same ``seed``.
+
+**Success**: when the env reports success (see :mod:`envs.wrappers`), episode k succeeded when the success
+flag was true at any step of it, and the result carries ``success_rate`` (fraction of episodes); an env
+without a success signal gives no ``success_rate`` at all.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.registry import EnvError, get_task, make_gym_env
+from envs.registry import TASKS, EnvError, TaskSpec, get_task, make_gym_env
 from envs.vector import make_env
+from envs.wrappers import EnvOptions, as_options
 
 
 class EvaluationError(EnvError):
@@ -37,6 +42,12 @@ class EvalResult:
     env_id: str
     returns: list[float]  # episode k's return at index k
     lengths: list[int]
+    successes: list[bool] | None = None  # episode k succeeded (at any step); None: the env reports no success
+    task: TaskSpec | None = None  # for the normalized score; None: looked up by env id
+
+    @property
+    def success_rate(self) -> float | None:
+        return None if self.successes is None else float(np.mean(self.successes))
 
     @property
     def return_mean(self) -> float:
@@ -54,7 +65,7 @@ class EvalResult:
 
     @property
     def normalized_score(self) -> float | None:
-        return get_task(self.env_id).normalized_score(self.return_mean)
+        return (self.task or get_task(self.env_id)).normalized_score(self.return_mean)
 
     def to_dict(self) -> dict:
         out = {"env": self.env_id, "episodes": len(self.returns), "return_mean": self.return_mean,
@@ -64,6 +75,9 @@ class EvalResult:
         score = self.normalized_score  # (reads the task once: a non-registered id means making the env)
         if score is not None:
             out["normalized_score"] = score
+        if self.successes is not None:
+            out["success_rate"] = self.success_rate
+            out["successes"] = [bool(s) for s in self.successes]
         return out
 
 
@@ -74,18 +88,21 @@ def _check_count(name: str, value, minimum: int) -> int:
 
 
 def evaluate_agent(agent, env_id: str, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
-                   progress=None, **env_kwargs) -> EvalResult:
+                   progress=None, options: EnvOptions | dict | None = None, **env_kwargs) -> EvalResult:
     """Run exactly ``episodes`` episodes on ``num_envs`` parallel envs (default ``min(episodes, 8)``);
     episode k is reset with ``seed + k`` and its sampler noise is seeded from it (see the module
     docstring), so the result does not depend on ``num_envs``. ``progress(return)`` is called as each
-    episode ends. A non-finite return is an :class:`EvaluationError`."""
+    episode ends. A non-finite return is an :class:`EvaluationError`. ``options`` and ``env_kwargs`` make
+    the env as :func:`envs.vector.make_env` does."""
     episodes = _check_count("episodes", episodes, 1)
     seed = _check_count("seed", seed, 0)
     n = min(episodes, 8 if num_envs is None else _check_count("num_envs", num_envs, 1))
-    envs = [make_env(env_id, **env_kwargs) for _ in range(n)]
+    options = as_options(options)
+    envs = [make_env(env_id, options=options, **env_kwargs) for _ in range(n)]
     seed_episodes = getattr(agent, "seed_episodes", None)
     returns: list[float | None] = [None] * episodes
     lengths: list[int | None] = [None] * episodes
+    successes: list[bool | None] = [None] * episodes
     try:
         agent.reset()
         episode_of = list(range(n))  # the episode each env runs (None: idle, no episodes left)
@@ -101,7 +118,7 @@ def evaluate_agent(agent, env_id: str, episodes: int = 10, seed: int = 0, num_en
                 k = episode_of[i]
                 if k is None:  # idle: its (stale) observation only keeps the agent's batch size fixed
                     continue
-                obs[i], reward, terminated, truncated, _ = env.step(actions[i])
+                obs[i], reward, terminated, truncated, info = env.step(actions[i])
                 totals[i] += float(reward)
                 steps[i] += 1
                 if terminated or truncated:
@@ -109,6 +126,7 @@ def evaluate_agent(agent, env_id: str, episodes: int = 10, seed: int = 0, num_en
                         raise EvaluationError(f"{env_id}: episode {k} (reset seed {seed + k}) has a non-finite "
                                               f"return ({totals[i]}); the env or the policy produced NaN/inf")
                     returns[k], lengths[k] = totals[i], steps[i]
+                    successes[k] = info.get("episode_success")
                     remaining -= 1
                     if progress is not None:
                         progress(totals[i])
@@ -131,8 +149,10 @@ def evaluate_agent(agent, env_id: str, episodes: int = 10, seed: int = 0, num_en
     finally:
         for env in envs:
             env.close()
-    return EvalResult(env_id, returns, lengths)
-
+    reported = [s for s in successes if s is not None]
+    task = TASKS.get(env_id) if not env_kwargs and options == EnvOptions() else None
+    return EvalResult(env_id, returns, lengths, [bool(s) for s in successes] if reported else None,
+                      task=task or TaskSpec(env_id, 0, 0, 0))
 
 def random_policy_return(env_id: str, episodes: int = 100, seed: int = 0) -> tuple[float, float]:
     """Mean and std of the return of uniformly random actions (the 0 of the normalized score)."""
@@ -187,7 +207,8 @@ def _render_problem(env, env_id: str) -> str | None:
 
 
 def record_video(agent, env_id: str, path: str | Path, seed: int = 0, max_steps: int | None = None,
-                 fps: int = 30, width: int = 320, height: int = 240) -> tuple[Path, float, int]:
+                 fps: int = 30, width: int = 320, height: int = 240, options: EnvOptions | dict | None = None,
+                 **env_kwargs) -> tuple[Path, float, int]:
     """Roll out one episode with offscreen MuJoCo rendering into an mp4 at about ``fps`` frames/s of
     simulated time. The episode is episode 0 of ``evaluate_agent(agent, env_id, seed=seed)`` (same reset
     seed, same sampler noise). Returns ``(path, episode_return, frames)``."""
@@ -199,11 +220,12 @@ def record_video(agent, env_id: str, path: str | Path, seed: int = 0, max_steps:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*render_mode")  # said below, in one line, if it matters
         try:
-            env = make_env(env_id, render_mode="rgb_array", width=width, height=height)
-        except TypeError:  # not a MuJoCo env: it takes no frame size
+            env = make_env(env_id, render_mode="rgb_array", options=options, **{"width": width, "height": height,
+                                                                                 **env_kwargs})
+        except (TypeError, EnvError):  # not a MuJoCo env: it takes no frame size
             try:
-                env = make_env(env_id, render_mode="rgb_array")
-            except TypeError as err:
+                env = make_env(env_id, render_mode="rgb_array", options=options, **env_kwargs)
+            except (TypeError, EnvError) as err:
                 raise EvaluationError(f"{env_id}: cannot be made with render_mode='rgb_array' "
                                       f"({' '.join(str(err).split())[:200]})") from None
     sim_fps = env.metadata.get("render_fps") or fps

@@ -21,6 +21,10 @@ Env ids (everywhere an env id is accepted: :func:`get_task`, :func:`envs.vector.
 
 ``module:Name`` is read as an env id when importing ``module`` registers ``Name`` with gymnasium, as a class
 otherwise. A bad id is an :class:`EnvError` in one line.
+
+Suites that register their envs on import need no ``module:`` prefix: an id that gymnasium does not know yet
+and that starts with a prefix of :data:`SUITE_MODULES` imports that module first (lazily, only then), so
+``FetchReach-v4`` works as it is. A missing suite is a one-line error naming the pip extra that installs it.
 """
 
 from __future__ import annotations
@@ -68,6 +72,37 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+# id prefix → (module that registers the ids on import, the pip command that installs it); first match wins
+SUITE_MODULES: dict[str, tuple[str, str]] = {
+    "Fetch": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "FrankaKitchen": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "HandManipulate": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "HandReach": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "AdroitHand": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "PointMaze": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "AntMaze": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
+    "Meta-World/": ("metaworld", "pip install --no-deps metaworld==3.1.1"),  # (it pins mujoco 3.3.0; runs on 3.9)
+    "gym_pusht/": ("gym_pusht", "pip install 'flowpolicy[manipulation]'"),
+    # OCBench: block-cpu-single-task1-v0, chamber-cpu-lite-easy-task1-v0, visual-block-cpu-…, …
+    **{prefix: ("ocbench", "pip install 'flowpolicy[manipulation]'")
+       for prefix in ("block-", "chamber-", "switch-", "hanoi-", "bowling-", "visual-")},
+}
+
+
+def _import_suite(env_id: str) -> None:
+    """Import the suite that registers ``env_id`` (see :data:`SUITE_MODULES`) if gymnasium does not know it."""
+    if env_id in gym.registry:
+        return
+    for prefix, (module_name, install) in SUITE_MODULES.items():
+        if env_id.startswith(prefix):
+            try:
+                importlib.import_module(module_name)
+            except ImportError as err:
+                raise EnvError(f"env id {env_id!r} needs the {module_name!r} package, which is not installed "
+                               f"({_one_line(err)}): {install}") from None
+            return
+
+
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text or type(err).__name__
@@ -78,6 +113,7 @@ def _env_creator(env_id: str):
     if not isinstance(env_id, str) or not env_id.strip():
         raise EnvError(f"an env id must be a non-empty string, got {env_id!r}")
     if ":" not in env_id:
+        _import_suite(env_id)
         return env_id
     module_name, _, name = env_id.partition(":")
     if not module_name or not name:
@@ -109,13 +145,23 @@ def make_gym_env(env_id: str, **env_kwargs) -> gym.Env:
         raise EnvError(f"unknown environment {env_id!r}: {_one_line(err)}") from None
     except gym.error.Error as err:
         raise EnvError(f"cannot make environment {env_id!r}: {_one_line(err)}") from None
+    except TypeError as err:
+        if "raised from the environment creator" not in str(err):
+            raise  # a bug, not a kwarg the user can fix: keep the traceback
+        raise EnvError(f"cannot make environment {env_id!r} with kwargs {env_kwargs}: {_one_line(err)} (env kwargs "
+                       f"come from env_kwargs.KEY=VALUE in a config or --env-kwarg KEY=VALUE)") from None
 
 
-def get_task(env_id: str) -> TaskSpec:
-    """The registered spec, or one read off the gymnasium env (no reference scores) for any other id."""
-    if env_id in TASKS:
-        return TASKS[env_id]
-    env = make_gym_env(env_id)
+def get_task(env_id: str, options=None, **env_kwargs) -> TaskSpec:
+    """The registered spec, or one read off the gymnasium env (no reference scores) for any other id. The
+    dimensions are those flowpolicy sees: a Dict observation flattened as ``options.obs_keys`` says
+    (:class:`envs.wrappers.EnvOptions`); ``env_kwargs`` go to ``gym.make``."""
+    from envs.wrappers import EnvOptions, adapt_env, as_options  # (wrappers imports this module)
+
+    if env_id in TASKS and not env_kwargs and as_options(options) == EnvOptions():
+        return TASKS[env_id]  # kwargs or options may change the reward: then no reference scores
+
+    env = adapt_env(make_gym_env(env_id, **env_kwargs), options)
     try:
         obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
         if obs_shape is None or len(obs_shape) != 1 or act_shape is None or len(act_shape) != 1:

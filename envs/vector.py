@@ -21,17 +21,20 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from envs.registry import EnvError, make_gym_env
+from envs.wrappers import EnvOptions, adapt_env, as_options, has_wrapper
 
 
-class ActionChunk(gym.Wrapper):
+class ActionChunk(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Execute an [H, A] chunk of actions per step; reward = Σ_h reward_gamma^h · r_h over executed steps.
 
     ``info["chunk_steps"]`` is the number of env steps executed (< H when the episode ended inside the
-    chunk); the episode statistics of the inner ``RecordEpisodeStatistics`` pass through ``info``.
+    chunk); the episode statistics of the inner ``RecordEpisodeStatistics`` pass through ``info``, and
+    ``info["success"]`` is true when any executed step succeeded.
     """
 
     def __init__(self, env: gym.Env, act_steps: int, reward_gamma: float = 1.0):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, act_steps=act_steps, reward_gamma=reward_gamma)
+        gym.Wrapper.__init__(self, env)
         if act_steps < 1:
             raise ValueError(f"act_steps (actions executed per chunk) must be ≥ 1, got {act_steps}")
         space = env.action_space
@@ -43,20 +46,26 @@ class ActionChunk(gym.Wrapper):
 
     def step(self, chunk):
         chunk = np.asarray(chunk).reshape(self.act_steps, -1)
-        total, discount = 0.0, 1.0
+        total, discount, success = 0.0, 1.0, None
         for h in range(self.act_steps):
             obs, reward, terminated, truncated, info = self.env.step(chunk[h])
             total += discount * float(reward)
             discount *= self.reward_gamma
+            if "success" in info:
+                success = bool(success) or bool(info["success"])
             if terminated or truncated:
                 break
         info["chunk_steps"] = h + 1
+        if success is not None:
+            info["success"] = success
         return obs, total, terminated, truncated, info
 
 
 def make_env(env_id: str, act_steps: int = 1, n_obs_steps: int = 1, reward_gamma: float = 1.0,
-             render_mode: str | None = None, **env_kwargs) -> gym.Env:
-    """One env: ``RecordEpisodeStatistics`` (per env step) → optional observation history → action chunks.
+             render_mode: str | None = None, options: EnvOptions | dict | None = None, **env_kwargs) -> gym.Env:
+    """One env: ``gym.make(env_id, **env_kwargs)`` → Dict observations flattened and the success signal
+    (:func:`envs.wrappers.adapt_env`, set by ``options``) → ``RecordEpisodeStatistics`` (per env step; not a
+    second one when the suite already adds its own) → optional observation history → action chunks.
 
     With ``n_obs_steps > 1`` observations are [n_obs_steps, obs_dim], oldest first, and the history is
     padded with the reset observation at episode start (as :class:`flowpolicy.Agent` does). ``env_id`` may be
@@ -64,8 +73,9 @@ def make_env(env_id: str, act_steps: int = 1, n_obs_steps: int = 1, reward_gamma
     """
     if render_mode is not None:
         env_kwargs["render_mode"] = render_mode
-    env = make_gym_env(env_id, **env_kwargs)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env = adapt_env(make_gym_env(env_id, **env_kwargs), options)
+    if not has_wrapper(env, gym.wrappers.RecordEpisodeStatistics):
+        env = gym.wrappers.RecordEpisodeStatistics(env)
     if n_obs_steps > 1:
         env = gym.wrappers.FrameStackObservation(env, n_obs_steps, padding_type="reset")
     if act_steps > 1 or reward_gamma != 1.0:
@@ -76,7 +86,10 @@ def make_env(env_id: str, act_steps: int = 1, n_obs_steps: int = 1, reward_gamma
 @dataclass
 class VecStep:
     """One decision for all N envs. ``obs`` is what to act on next (a new episode's first observation
-    where one ended); ``final_obs`` is the true observation the transition ended in."""
+    where one ended); ``final_obs`` is the true observation the transition ended in. Where the env reports
+    success: ``success`` [N] (any executed step of the decision succeeded) and ``episode_successes`` (one
+    bool per finished episode, in the order of ``episode_returns``: success at any step of the episode);
+    else ``success`` is None and ``episode_successes`` empty."""
 
     obs: np.ndarray
     reward: np.ndarray
@@ -86,6 +99,8 @@ class VecStep:
     env_steps: np.ndarray
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
+    success: np.ndarray | None = None
+    episode_successes: list[bool] = field(default_factory=list)
 
     @property
     def done(self) -> np.ndarray:
@@ -96,13 +111,15 @@ class VecEnv:
     """N envs stepping in lockstep, one decision (an action chunk) per :meth:`step`."""
 
     def __init__(self, env_id: str, num_envs: int, act_steps: int = 1, n_obs_steps: int = 1,
-                 reward_gamma: float = 1.0, asynchronous: bool = False, **env_kwargs):
+                 reward_gamma: float = 1.0, asynchronous: bool = False, options: EnvOptions | dict | None = None,
+                 **env_kwargs):
         if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
             raise EnvError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
         self.env_id, self.num_envs, self.act_steps, self.n_obs_steps = env_id, num_envs, act_steps, n_obs_steps
+        self.options = as_options(options)
 
         def factory():
-            return make_env(env_id, act_steps, n_obs_steps, reward_gamma, **env_kwargs)
+            return make_env(env_id, act_steps, n_obs_steps, reward_gamma, options=self.options, **env_kwargs)
 
         vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
         self.envs = vector_cls([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
@@ -135,11 +152,15 @@ class VecEnv:
         self.total_env_steps += int(env_steps.sum())
         result = VecStep(obs=obs, reward=reward.astype(np.float64), terminated=terminated, truncated=truncated,
                          final_obs=obs, env_steps=env_steps)
+        if "success" in info:
+            result.success = np.asarray(info["success"], dtype=bool) & np.asarray(info["_success"], dtype=bool)
         ended = terminated | truncated
         if ended.any():
             episode, mask = info["episode"], info["_episode"]
             result.episode_returns = [float(r) for r in episode["r"][mask]]
             result.episode_lengths = [int(n) for n in episode["l"][mask]]
+            if "episode_success" in info:
+                result.episode_successes = [bool(s) for s in info["episode_success"][mask]]
             result.final_obs = obs.copy()
             reset_obs, _ = self.envs.reset(options={"reset_mask": ended})
             result.obs = np.where(ended.reshape((-1,) + (1,) * (obs.ndim - 1)), reset_obs, obs)
@@ -156,7 +177,8 @@ class VecEnv:
 
 
 def make_vec_env(env_id: str, num_envs: int = 1, act_steps: int = 1, n_obs_steps: int = 1, seed: int | None = None,
-                 asynchronous: bool = False, reward_gamma: float = 1.0, **env_kwargs) -> tuple[VecEnv, np.ndarray]:
+                 asynchronous: bool = False, reward_gamma: float = 1.0, options: EnvOptions | dict | None = None,
+                 **env_kwargs) -> tuple[VecEnv, np.ndarray]:
     """Build a :class:`VecEnv` and reset it with ``seed``; returns ``(vec_env, first_obs)``."""
-    vec = VecEnv(env_id, num_envs, act_steps, n_obs_steps, reward_gamma, asynchronous, **env_kwargs)
+    vec = VecEnv(env_id, num_envs, act_steps, n_obs_steps, reward_gamma, asynchronous, options=options, **env_kwargs)
     return vec, vec.reset(seed)

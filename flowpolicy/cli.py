@@ -31,10 +31,41 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_env_kwargs(items: list[str] | None, option: str = "--env-kwarg") -> dict:
+    """``KEY=VALUE`` strings as a dict; VALUE is read as a YAML scalar (3, 0.5, true, null, [a, b], text)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"{option} expects KEY=VALUE (e.g. env_name=reach-v3), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def env_settings(args: argparse.Namespace, metadata: dict, env_id: str):
+    """The env kwargs and :class:`envs.wrappers.EnvOptions` of an evaluation: those the checkpoint was trained
+    with (its metadata) when it is evaluated on its own env, updated by --env-kwarg / --env-option."""
+    from envs.wrappers import EnvOptions
+    from flowpolicy.config import from_dict
+
+    same_env = env_id == metadata.get("env_id")
+    kwargs = {**(metadata.get("env_kwargs") or {} if same_env else {}), **parse_env_kwargs(args.env_kwarg)}
+    options = {**(metadata.get("env_options") or {} if same_env else {}),
+               **parse_env_kwargs(args.env_option, "--env-option")}
+    return kwargs, from_dict(EnvOptions, options, prefix="--env-option")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a policy checkpoint in simulation: return mean ± std (and standard error) over N episodes,
-    normalized score (for registered tasks), optionally an mp4 of one episode. Episode k is reset with
-    SEED+k and its sampler noise is seeded from it too, so the result does not depend on --num-envs."""
+    normalized score (for registered tasks), success rate (envs that report success: fraction of episodes
+    with success at any step), optionally an mp4 of one episode. Episode k is reset with SEED+k and its
+    sampler noise is seeded from it too, so the result does not depend on --num-envs. Env kwargs
+    (--env-kwarg) and options (--env-option) default to those the checkpoint was trained with."""
     import time
 
     from tqdm import tqdm
@@ -85,7 +116,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.guidance and agent.policy.config.kind != "guided_flow":
         raise CLIError(f"--guidance applies to CFGRL (guided_flow) policies; {args.checkpoint} is a "
                        f"{agent.policy.config.kind} policy")
-    task = get_task(env_id)
+    env_kwargs, env_options = env_settings(args, agent.metadata, env_id)
+    task = get_task(env_id, env_options, **env_kwargs)
     if (task.obs_dim, task.action_dim) != (agent.observation_dim, agent.action_dim):
         raise CLIError(f"{args.checkpoint} takes observations of size {agent.observation_dim} and gives actions of "
                        f"size {agent.action_dim}, but {env_id} has {task.obs_dim} and {task.action_dim}")
@@ -99,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             agent.reset()
             result = evaluate_agent(agent, env_id, args.episodes, seed=args.seed, num_envs=args.num_envs,
-                                    progress=on_episode)
+                                    progress=on_episode, options=env_options, **env_kwargs)
         summary = result.to_dict()
         summary.update(checkpoint=str(args.checkpoint), sampler=agent.sampler.name, K=agent.K, seed=args.seed,
                        wall_s=round(time.time() - start, 2))
@@ -111,7 +143,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         score = summary.get("normalized_score")
         return (f"return {summary['return_mean']:.1f} ± {summary['return_std']:.1f} "
                 f"(s.e. {summary['return_sem']:.1f}) over {summary['episodes']} episodes"
-                + (f", normalized score {score:.1f}" if score is not None else ""))
+                + (f", normalized score {score:.1f}" if score is not None else "")
+                + (f", success rate {summary['success_rate']:.2f}" if "success_rate" in summary else ""))
 
     if args.guidance:  # a sweep over w without retraining
         sweep = []
@@ -134,7 +167,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if video_dir is not None:
         target = video_dir / f"{env_id.replace(':', '_').replace('/', '_')}-seed{args.seed}.mp4"
         try:
-            video, video_return, frames = record_video(agent, env_id, target, seed=args.seed)
+            video, video_return, frames = record_video(agent, env_id, target, seed=args.seed, options=env_options,
+                                                       **env_kwargs)
             summary.update(video=str(video), video_return=video_return, video_frames=frames)
         except (OSError, ImportError, RuntimeError, EvaluationError) as err:  # the evaluation stands: print it
             video_error = f"--video: cannot write {target}: {' '.join(str(err).split())}"
@@ -353,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
     ev.add_argument("--env", default=None, help="gymnasium env id, module:EnvId or module:Class (default: the one "
                     "the checkpoint was made for)")
+    ev.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE",
+                    help="keyword argument for gym.make, VALUE read as YAML, e.g. env_name=reach-v3 (repeatable; "
+                         "default: the checkpoint's env_kwargs)")
+    ev.add_argument("--env-option", action="append", metavar="KEY=VALUE",
+                    help="env option: obs_keys=[observation,desired_goal], success_key=is_success, "
+                         "terminate_on_success=true, success_reward=sparse (repeatable; default: the checkpoint's)")
     ev.add_argument("--episodes", type=int, default=10, help="number of episodes, ≥ 1 (default 10)")
     ev.add_argument("--seed", type=int, default=0,
                     help="episode k is reset with SEED+k and its sampler noise is seeded from it (default 0)")
@@ -368,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CFGRL policies: evaluate each guidance weight w (e.g. --guidance 0 1 1.5 2 3)")
     ev.add_argument("--video", metavar="DIR", default=None, help="also write an mp4 of one episode into DIR")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of text: env, episodes, "
-                    "return_mean, return_std, return_sem, returns, lengths, normalized_score (registered tasks), ...")
+                    "return_mean, return_std, return_sem, returns, lengths, normalized_score (registered tasks), "
+                    "success_rate (envs that report success), ...")
     ev.set_defaults(func=cmd_evaluate)
     return parser
 

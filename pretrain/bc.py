@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from envs.evaluation import evaluate_agent
 from envs.registry import get_task
+from envs.wrappers import EnvOptions
 from flowpolicy.agent import Agent
 from flowpolicy.checkpoint import atomic_write_json, save_policy
 from flowpolicy.config import ConfigError, check_device, from_dict, param, to_dict
@@ -75,6 +76,8 @@ class PretrainConfig:
     which come from the dataset."""
 
     env_id: str = param("Hopper-v5", "the env the policy is for: a gymnasium id, module:EnvId or module:Class")
+    env_kwargs: dict = param({}, "keyword arguments for gym.make(env_id, ...) (e.g. env_name for Meta-World)")
+    env_options: EnvOptions = field(default_factory=EnvOptions)
     dataset: str = param("", "Minari dataset directory or id, or a robomimic .hdf5 file, recorded on env_id")
     data_dir: str | None = param(None, "where Minari dataset ids are looked up (null: $MINARI_DATASETS_PATH)")
     out: str = param("runs/pretrain", "run directory (refused when it already holds a run, unless overwrite)")
@@ -164,7 +167,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         raise ConfigError(f"out: {out} already holds a run ({', '.join(previous[:3])}"
                           f"{', …' if len(previous) > 3 else ''}); choose another out, or pass --overwrite "
                           f"(overwrite=true) to replace it")
-    task = get_task(cfg.env_id)
+    task = get_task(cfg.env_id, cfg.env_options, **cfg.env_kwargs)
     episodes, data_meta = load_demonstrations(cfg.dataset, cfg.data_dir, env_id=cfg.env_id, obs_dim=task.obs_dim,
                                               action_dim=task.action_dim,
                                               allow_env_mismatch=cfg.allow_env_mismatch)
@@ -198,11 +201,18 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     writer.add_text("config", f"```\n{json.dumps(asdict(cfg), indent=2)}\n```")
     metadata = {"env_id": cfg.env_id, "dataset": cfg.dataset, "trained_by": "flowpolicy pretrain",
                 "bc_steps": tc.steps, "seed": cfg.seed}
+    if cfg.env_kwargs:  # `flowpolicy evaluate` makes the same env from the saved policy
+        metadata["env_kwargs"] = cfg.env_kwargs
+    if cfg.env_options != EnvOptions():
+        metadata["env_options"] = asdict(cfg.env_options)
 
     def evaluate(step: int) -> dict:
         # the evaluation seed is the run's seed: `flowpolicy evaluate --seed SEED` gives the same number
-        result = evaluate_agent(Agent(ema, seed=cfg.seed), cfg.env_id, tc.eval_episodes, seed=cfg.seed)
+        result = evaluate_agent(Agent(ema, seed=cfg.seed), cfg.env_id, tc.eval_episodes, seed=cfg.seed,
+                                options=cfg.env_options, **cfg.env_kwargs)
         writer.add_scalar("charts/eval_return", result.return_mean, step)
+        if result.success_rate is not None:
+            writer.add_scalar("charts/success_rate", result.success_rate, step)
         if result.normalized_score is not None:
             writer.add_scalar("charts/normalized_score", result.normalized_score, step)
         return result.to_dict()

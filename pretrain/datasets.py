@@ -15,7 +15,13 @@ On disk there are two formats:
     them without evaluating anything when both are given (it only builds the eval env, which is local for
     MuJoCo tasks); given only ``ref_max_score`` it would roll out a random policy for 100 episodes, so a
     lone score is written into the same metadata keys directly, after creation;
-  * the caller's ``metadata`` dict and the env id: under the key ``"flowpolicy"`` of ``data/metadata.json``.
+  * the caller's ``metadata`` dict and the env id: under the key ``"flowpolicy"`` of ``data/metadata.json``;
+  * provenance, in Minari's own keys: ``author``, ``author_email``, ``code_permalink`` (the flowpolicy
+    version and git commit that wrote it) and ``requirements`` (pip requirements of the packages that made the
+    env: gymnasium, mujoco and the suite's package, at the versions that recorded it); for tasks with a success
+    signal, ``success_criterion``. The namespace (``flowpolicy/``) gets a ``namespace_metadata.json`` with a
+    description. :func:`update_dataset_provenance` fills these into an existing dataset in place (only
+    ``data/metadata.json`` changes, the recorded episodes stay byte-identical).
 
   Loading never downloads: a dataset id is looked up under ``data_dir``, else ``$MINARI_DATASETS_PATH``,
   else Minari's default ``~/.minari/datasets``.
@@ -34,7 +40,6 @@ import json
 import os
 import re
 import shutil
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +175,10 @@ def make_chunk_samples(episodes: list[Episode], n_obs_steps: int, horizon: int) 
 # ---------------------------------------------------------------------------------------------- Minari
 
 _OUR_METADATA_KEY = "flowpolicy"
+DATASET_AUTHOR = "flowpolicy maintainers"
+DATASET_AUTHOR_EMAIL = "maintainers@users.noreply.r-seed-3222457e.example"  # the project's commit identity
+NAMESPACE_DESCRIPTION = ("Demonstration datasets recorded by flowpolicy (`flowpolicy collect`): SAC experts and "
+                         "suite demonstrators on gymnasium tasks, with reference scores for normalized returns.")
 # Keys that load_minari_dataset fills itself; a caller's metadata may not shadow them.
 _RESERVED_METADATA_KEYS = frozenset({
     "dataset_id", "path", "env_id", "seeds", "total_episodes", "total_steps", "ref_min_score", "ref_max_score",
@@ -231,16 +240,102 @@ def _flag_on_last_step(length: int, flag: bool) -> np.ndarray:
     return flags
 
 
+def code_permalink() -> str:
+    """What wrote a dataset: the flowpolicy version, and the git commit when run from a checkout. (The project
+    has no public repository URL yet; this string is what Minari's ``code_permalink`` holds until it has.)"""
+    import subprocess
+
+    from flowpolicy import __version__
+
+    text = f"flowpolicy {__version__}"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{text} (git {commit})" if re.fullmatch(r"[0-9a-f]{40}", commit) else text
+
+
+def dataset_requirements(env_id: str) -> list[str]:
+    """pip requirements that made ``env_id``'s env, at the installed versions: gymnasium, mujoco and, for a
+    suite id (see :data:`envs.registry.SUITE_MODULES`) or a ``module:`` id, that module's distribution."""
+    import importlib.metadata as md
+
+    from envs.registry import SUITE_MODULES
+
+    def pin(dist: str) -> str | None:
+        try:
+            return f"{dist}=={md.version(dist)}"
+        except md.PackageNotFoundError:
+            return None
+
+    modules = [module for prefix, (module, _) in SUITE_MODULES.items() if env_id.startswith(prefix)]
+    if ":" in env_id:
+        modules.append(env_id.partition(":")[0].split(".")[0])
+    dists = ["gymnasium", "mujoco"]
+    packages = md.packages_distributions()
+    for module in modules:
+        dists += [d for d in packages.get(module, []) if d not in dists]
+    return [r for r in map(pin, dists) if r is not None]
+
+
+def dataset_provenance(env_id: str, requirements: list[str] | None = None) -> dict:
+    """Minari's provenance keys for a dataset flowpolicy writes (author, e-mail, code, requirements)."""
+    return {"author": {DATASET_AUTHOR}, "author_email": {DATASET_AUTHOR_EMAIL}, "code_permalink": code_permalink(),
+            "requirements": requirements if requirements is not None else dataset_requirements(env_id)}
+
+
+def ensure_namespace_metadata(root: str | Path, dataset_id: str) -> None:
+    """Give the dataset's namespace (``flowpolicy`` of ``flowpolicy/hopper-medium-v0``) a description in its
+    ``namespace_metadata.json`` when it has none (an existing description is kept)."""
+    namespace = dataset_id.rpartition("/")[0]
+    if not namespace:
+        return
+    path = Path(root) / namespace / "namespace_metadata.json"
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    if current.get("description"):
+        return
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**current, "description": NAMESPACE_DESCRIPTION}, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def update_dataset_provenance(dataset_dir: str | Path, requirements: list[str] | None = None,
+                              success_criterion: str | None = None, code: str | None = None) -> dict:
+    """Fill the provenance keys (see the module docstring) into the existing Minari dataset at ``dataset_dir``
+    (the directory holding ``data/``), in place: only ``data/metadata.json`` is rewritten. ``requirements`` and
+    ``code`` default to what is installed / checked out now; pass what recorded the dataset when known.
+    Returns the keys."""
+    from minari.dataset.minari_storage import MinariStorage
+
+    data_path = Path(dataset_dir) / "data"
+    if not _holds_minari_data(data_path):
+        raise DatasetError(f"{dataset_dir}: not a Minari dataset directory (no data/metadata.json + main_data.hdf5)")
+    meta = MinariStorage.read_raw_metadata(data_path)
+    env_id = json.loads(meta["env_spec"])["id"] if meta.get("env_spec") else ""
+    update = dataset_provenance(env_id, requirements)
+    if code:
+        update["code_permalink"] = code
+    if success_criterion:
+        update["success_criterion"] = success_criterion
+    MinariStorage.read(data_path).update_metadata(update)
+    dataset_id = meta.get("dataset_id", "")
+    if dataset_id.count("/"):
+        ensure_namespace_metadata(Path(dataset_dir).resolve().parents[dataset_id.count("/")], dataset_id)
+    return update
+
+
 def write_minari_dataset(dataset_id: str, env_id: str, episodes: list[Episode], data_dir: str | Path,
                          metadata: dict | None = None, ref_min_score: float | None = None,
                          ref_max_score: float | None = None, algorithm_name: str = "",
-                         description: str = "") -> Path:
+                         description: str = "", success_criterion: str | None = None) -> Path:
     """Write ``episodes`` as the local Minari dataset ``data_dir/dataset_id``; returns that directory.
 
     The episodes must match ``env_id``'s (flattened) observation and action sizes. Seeds, reference scores
     and ``metadata`` (a JSON-able dict) are stored as described in the module docstring and come back from
-    :func:`load_minari_dataset`. An existing dataset is never overwritten; a failed write removes what it
-    created.
+    :func:`load_minari_dataset`. Provenance (author, e-mail, code, requirements) and, for a task with a
+    success signal, ``success_criterion`` (e.g. "info['is_success'] at any step") go into Minari's metadata.
+    An existing dataset is never overwritten; a failed write removes what it created.
     """
     import gymnasium as gym
     import minari
@@ -279,22 +374,26 @@ def write_minari_dataset(dataset_id: str, env_id: str, episodes: list[Episode], 
         both_scores = ref_min_score is not None and ref_max_score is not None
         root.mkdir(parents=True, exist_ok=True)
         try:
-            with _minari_datasets_path(root), warnings.catch_warnings():
-                # Minari nags about unset author/e-mail/permalink; these datasets are made by a tool, not a person.
-                warnings.filterwarnings("ignore", message=r"`(author|author_email|code_permalink)` is set to None")
+            provenance = dataset_provenance(env_id)
+            with _minari_datasets_path(root):
                 dataset = minari.create_dataset_from_buffers(
                     dataset_id, buffers, env=env, eval_env=env.spec,
                     observation_space=observation_space, action_space=action_space,
                     ref_min_score=float(ref_min_score) if both_scores else None,
                     ref_max_score=float(ref_max_score) if both_scores else None,
-                    algorithm_name=algorithm_name, description=description,
+                    algorithm_name=algorithm_name, description=description, author=provenance["author"],
+                    author_email=provenance["author_email"], code_permalink=provenance["code_permalink"],
+                    requirements=provenance["requirements"],
                 )
                 extra = {_OUR_METADATA_KEY: {"env_id": env_id, "metadata": user_metadata}}
+                if success_criterion:
+                    extra["success_criterion"] = success_criterion
                 if not both_scores:
                     extra.update({key: float(score) for key, score in
                                   (("ref_min_score", ref_min_score), ("ref_max_score", ref_max_score))
                                   if score is not None})
                 dataset.storage.update_metadata(extra)
+            ensure_namespace_metadata(root, dataset_id)
         except BaseException:
             shutil.rmtree(dataset_dir, ignore_errors=True)
             raise

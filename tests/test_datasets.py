@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 from pretrain.datasets import (
+    DATASET_AUTHOR,
+    DATASET_AUTHOR_EMAIL,
+    NAMESPACE_DESCRIPTION,
     DatasetError,
     Episode,
     check_matches_env,
@@ -16,6 +19,7 @@ from pretrain.datasets import (
     make_chunk_samples,
     read_robomimic_hdf5,
     split_episodes,
+    update_dataset_provenance,
     write_minari_dataset,
     write_robomimic_hdf5,
 )
@@ -208,3 +212,40 @@ def test_episode_returns_sum_rewards_in_float64():
     returns = episode_returns([a, b])
     assert returns.dtype == np.float64
     np.testing.assert_array_equal(returns, [3.5, -1.0])
+
+
+def test_minari_datasets_carry_provenance_and_namespace_metadata(tmp_path, hopper_episodes):
+    import gymnasium
+    import mujoco
+
+    path = write_minari_dataset("flowpolicy/hopper-prov-v0", "Hopper-v5", hopper_episodes[:1], tmp_path,
+                                ref_min_score=0.0, ref_max_score=1.0, success_criterion="none (locomotion)")
+    meta = json.loads((path / "data" / "metadata.json").read_text())
+    assert meta["author"] == [DATASET_AUTHOR] and meta["author_email"] == [DATASET_AUTHOR_EMAIL]
+    assert meta["code_permalink"].startswith("flowpolicy ")
+    assert meta["requirements"] == [f"gymnasium=={gymnasium.__version__}", f"mujoco=={mujoco.__version__}"]
+    assert meta["success_criterion"] == "none (locomotion)"
+    namespace = json.loads((tmp_path / "flowpolicy" / "namespace_metadata.json").read_text())
+    assert namespace["description"] == NAMESPACE_DESCRIPTION
+
+
+def test_provenance_is_filled_in_place_without_touching_the_episodes(tmp_path, hopper_episodes):
+    import hashlib
+    import shutil
+
+    path = write_minari_dataset("flowpolicy/hopper-old-v0", "Hopper-v5", hopper_episodes[:1], tmp_path)
+    meta_path = path / "data" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("author", "author_email", "code_permalink", "requirements"):  # as an older writer left it
+        meta.pop(key, None)
+    meta_path.write_text(json.dumps(meta))
+    shutil.rmtree(tmp_path / "flowpolicy" / "namespace_metadata.json", ignore_errors=True)
+    (tmp_path / "flowpolicy" / "namespace_metadata.json").write_text("{}")
+    digest = hashlib.sha256((path / "data" / "main_data.hdf5").read_bytes()).hexdigest()
+    update_dataset_provenance(path, requirements=["gymnasium[mujoco]==1.4.0", "mujoco==3.11.0"])
+    meta = json.loads(meta_path.read_text())
+    assert meta["requirements"] == ["gymnasium[mujoco]==1.4.0", "mujoco==3.11.0"]
+    assert meta["author"] == [DATASET_AUTHOR] and meta["code_permalink"]
+    assert hashlib.sha256((path / "data" / "main_data.hdf5").read_bytes()).hexdigest() == digest
+    assert json.loads((tmp_path / "flowpolicy" / "namespace_metadata.json").read_text())["description"]
+    assert load_minari_dataset(path)[1]["env_id"] == "Hopper-v5"
