@@ -167,11 +167,11 @@ def write_report(path: Path, faults: list[dict], bad: list[dict], command: str) 
              f"Measured with `{command}` on a 2-core machine ({time.strftime('%Y-%m-%d')}).", ""]
     if faults:
         lines += ["## SIGKILL at a random moment, then `--resume`", "",
-                  "Each learner's tiny Hopper run (shipped config shrunk to about 8 iterations, 1 evaluation episode) is "
-                  "run once uninterrupted, then killed with SIGKILL at a uniformly random moment of its wall time "
-                  "and resumed (`flowpolicy finetune --resume RUN_DIR`, or `--config FILE --resume` when nothing was "
-                  "on disk yet). *Matching*: initial/final/best return, env steps and iterations equal the "
-                  "uninterrupted run's.", "",
+                  "Each learner's tiny Hopper run (shipped config shrunk to about 8 iterations, 1 evaluation "
+                  "episode) is run once uninterrupted, then killed with SIGKILL at a uniformly random moment of "
+                  "its wall time and resumed (`flowpolicy finetune --resume RUN_DIR`, or `--config FILE "
+                  "--resume` when nothing was on disk yet). *Matching*: initial/final/best return, env steps "
+                  "and iterations equal the uninterrupted run's.", "",
                   "| learner | kills | resumed | matching | reference wall | kill moments (state on disk) |",
                   "|---|---|---|---|---|---|"]
         for r in faults:
