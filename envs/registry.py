@@ -12,7 +12,8 @@ in ``data/experts/<env_id>/expert.json`` over 10 episodes. ``None`` means not me
 Env ids (everywhere an env id is accepted: :func:`get_task`, :func:`envs.vector.make_env`,
 :class:`envs.vector.VecEnv`, evaluation, videos) are one of
 
-- a registered gymnasium id, e.g. ``Hopper-v5``;
+- a registered gymnasium id, e.g. ``Hopper-v5`` (``Robomimic*`` ids — the robomimic tasks on robosuite — are
+  registered on first use by :mod:`envs.robosuite_tasks`);
 - ``module:EnvId``: ``module`` is imported first (it registers ``EnvId``), then ``gym.make(EnvId)``;
 - ``module:Class``: ``module`` is imported and ``Class`` (a ``gym.Env`` subclass, or any callable returning
   one) is made through ``gym.make`` with an :class:`~gymnasium.envs.registration.EnvSpec` whose id is the
@@ -78,6 +79,8 @@ def _env_creator(env_id: str):
     if not isinstance(env_id, str) or not env_id.strip():
         raise EnvError(f"an env id must be a non-empty string, got {env_id!r}")
     if ":" not in env_id:
+        if env_id.startswith("Robomimic") and env_id not in gym.registry:
+            importlib.import_module("envs.robosuite_tasks")  # registers the robomimic tasks; robosuite loads on make
         return env_id
     module_name, _, name = env_id.partition(":")
     if not module_name or not name:
