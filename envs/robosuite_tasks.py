@@ -271,6 +271,11 @@ class RobosuiteTaskEnv(gym.Env):
             if name not in wanted and not (observable.modality == "object" and "object-state" in wanted):
                 env.modify_observable(name, "enabled", False)
 
+    def _flat_key_dim(self, key: str) -> int:
+        """Size of one of ``obs_keys`` in the flat observation."""
+        obs = self.robosuite_env._get_observations()
+        return int(np.asarray(obs[self._source_key(key)]).size)
+
     def _flat(self, obs: dict) -> np.ndarray:
         from envs.registry import EnvError
 

@@ -453,7 +453,8 @@ def _filter_key_demos(filter_keys, val_fraction, split_seed: int, names: list[st
 def write_robomimic_hdf5(path: str | Path, episodes: list[Episode], env_id: str, obs_key: str = "state", *,
                          obs_keys: dict[str, int] | None = None, env_args: dict | None = None,
                          filter_keys: dict | None = None, val_fraction: float | None = None, split_seed: int = 0,
-                         next_obs: bool = True, compression: str | None = None) -> Path:
+                         next_obs: bool = True, compression: str | None = None,
+                         attrs: dict | None = None) -> Path:
     """Write ``episodes`` in robomimic's v1.5 layout; returns ``path``.
 
     - ``/data`` attrs: ``total`` (steps), ``env_args`` (JSON: ``env_args`` when given — type 1 for robosuite —,
@@ -467,6 +468,7 @@ def write_robomimic_hdf5(path: str | Path, episodes: list[Episode], env_id: str,
       ``train``/``valid`` from a seeded split when ``val_fraction`` is given, plus any ``filter_keys``
       (``{name: [episode index or demo name]}``).
 
+    ``attrs`` (JSON-able values) become extra ``/data`` attributes (dicts and lists as JSON text).
     Arrays are float64 (dones int64), as robomimic stores them; ``compression`` (e.g. ``"gzip"``) is an h5py
     filter every HDF5 reader undoes transparently. Written to a temporary file and renamed, so an interrupted
     write leaves no half file at ``path``.
@@ -501,6 +503,8 @@ def write_robomimic_hdf5(path: str | Path, episodes: list[Episode], env_id: str,
             data.attrs["total"] = int(sum(ep.length for ep in episodes))
             data.attrs["env_args"] = json.dumps(_jsonable(args, f"{path}: env_args"))
             data.attrs[_OUR_ENV_ID_ATTR] = env_id
+            for key, value in _jsonable(dict(attrs or {}), f"{path}: attrs").items():
+                data.attrs[key] = json.dumps(value) if isinstance(value, dict | list) or value is None else value
             for name, ep in zip(names, episodes, strict=True):
                 demo = data.create_group(name)
                 demo.attrs["num_samples"] = ep.length
