@@ -27,10 +27,12 @@ Reward is sparse, robomimic's/DPPO's: 1 on every step where the task is solved, 
 ``info["is_success"]`` says the same as a bool. ``terminate_on_success=True`` ends the episode
 (``terminated``) at the first success; by default episodes run to the horizon, as in robomimic and DPPO.
 
-``reset(seed=s)`` is reproducible: robosuite 1.5.1 draws object placements and the arm's initial-joint
-noise from numpy's *global* RNG, so each env keeps its own RNG state and swaps it in only around robosuite's
-reset (the caller's global RNG is left as it was). Resets are soft (``hard_reset=False``: the MuJoCo model
-is built once).
+``reset(seed=s)`` is reproducible, also across env instances: robosuite 1.5.1 draws object placements and
+the arm's initial-joint noise from numpy's *global* RNG, so each env keeps its own RNG state and swaps it in
+only around robosuite's reset (the caller's global RNG is left as it was). Resets are soft
+(``hard_reset=False``: the MuJoCo model is built once, from a fixed seed, so object sizes that robosuite
+draws at build time — Lift's cube edge, 2.0–2.2 cm — are the same in every instance; robomimic's datasets,
+recorded with hard resets, vary them per demo).
 
 An env can also be made from a robomimic file's ``data.attrs["env_args"]`` (type 1, robosuite) — see
 :func:`make_from_env_args` or pass ``env_args=`` (a dict, its JSON, or the path of an ``.hdf5`` file) — so a
@@ -233,10 +235,16 @@ class RobosuiteTaskEnv(gym.Env):
         if not self.obs_keys:
             raise EnvError(f"{env_name}: obs_keys is empty")
         self.terminate_on_success = bool(terminate_on_success)
+        # The model is built once (soft resets), and building it draws from numpy's global RNG (Lift's cube
+        # size, 2.0–2.2 cm): build it from a fixed seed, so every instance of a task has the same model.
+        caller_state = np.random.get_state()  # noqa: NPY002 - robosuite 1.5.1 draws from the legacy global RNG
+        np.random.seed(0)  # noqa: NPY002
         try:
             self.robosuite_env = robosuite.make(env_name, **kwargs)
         except Exception as err:  # noqa: BLE001 - robosuite raises many kinds; one line for the user
             raise EnvError(f"robosuite cannot make {env_name!r}: {' '.join(str(err).split())}") from None
+        finally:
+            np.random.set_state(caller_state)  # noqa: NPY002
         self._disable_unused_observables()
         self._rs_rng = None  # the numpy global-RNG state robosuite draws its resets from
         first = self._flat(self.robosuite_env.reset())
