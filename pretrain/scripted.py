@@ -87,7 +87,7 @@ def _wrap(angle: float, period: float = 2 * math.pi) -> float:
     return (angle + period / 2) % period - period / 2
 
 
-_DOWN = np.diag([1.0, -1.0, -1.0])  # gripper pointing down, yaw 0 (fingers close along world y)
+_DOWN = np.diag([1.0, -1.0, -1.0])  # gripper pointing down at yaw 0 (the fingers then close along world x)
 
 
 class ScriptedDemonstrator:
@@ -212,10 +212,16 @@ class SquareDemonstrator(ScriptedDemonstrator):
     def _handle(self) -> np.ndarray:
         return np.array(self.rs.sim.data.site_xpos[self.rs.sim.model.site_name2id("SquareNut_handle_site")])
 
+    def _hole(self) -> np.ndarray:
+        """Centre of the nut's hole (its ``center_site``; the body's origin is off it)."""
+        return np.array(self.rs.sim.data.site_xpos[self.rs.sim.model.site_name2id("SquareNut_center_site")])
+
     def _grasp_yaw(self) -> float:
         nut = self.body_pos("SquareNut_main")
         bar = self._handle() - nut
-        angle = math.atan2(bar[1], bar[0])  # fingers close across the handle: gripper x along the handle
+        # fingers close along the gripper yaw's direction (measured: the finger axis is the yaw axis, mod π):
+        # turn it across the handle
+        angle = math.atan2(bar[1], bar[0]) + math.pi / 2
         return self.eef_yaw() + _wrap(angle - self.eef_yaw(), math.pi)
 
     def actions(self):
@@ -226,19 +232,24 @@ class SquareDemonstrator(ScriptedDemonstrator):
         if not ok:
             return
         peg = self.body_pos("peg1")
-        # Turn so the nut's square hole lines up with the (axis-aligned) square peg: nut yaw ≡ 0 (mod π/2).
-        turn = -_wrap(self.body_yaw("SquareNut_main"), math.pi / 2)
+        # Turn so the nut's square hole lines up with the (axis-aligned) square peg: nut yaw ≡ 0 (mod π/2). Of
+        # the four such turns (within ±135°), take the one that leaves the gripper on the robot's side of the
+        # nut: the peg is near the edge of the Panda's reach.
+        offset = (self.eef_pos() - self._hole())[:2]
+        base = -_wrap(self.body_yaw("SquareNut_main"), math.pi / 2)
+        turns = [base + k * math.pi / 2 for k in range(-2, 3) if abs(base + k * math.pi / 2) <= 0.75 * math.pi]
+        turn = min(turns, key=lambda t: (_rot_z(t)[:2, :2] @ offset)[0])
         yaw = self.eef_yaw() + turn
         carry_z = 1.02 + self.style.rng.uniform(0.0, 0.04)
         yield from self.move([*self.eef_pos()[:2], carry_z], yaw, tol=0.03)
         yield from self.maybe_pause(yaw)
         for tol, steps in ((0.02, 120), (0.004, 60)):
-            # the nut's centre over the peg: gripper target = peg + (gripper − nut centre), re-read as it settles
-            offset = self.eef_pos() - self.body_pos("SquareNut_main")
+            # the hole over the peg: gripper target = peg + (gripper − hole centre), re-read as the nut settles
+            offset = self.eef_pos() - self._hole()
             over = np.array([peg[0] + offset[0], peg[1] + offset[1], carry_z])
             yield from self.move(over, yaw, tol=tol, max_steps=steps)
         for _ in range(3):  # lower in stages, re-centring the nut over the peg
-            offset = self.eef_pos() - self.body_pos("SquareNut_main")
+            offset = self.eef_pos() - self._hole()
             z = self.eef_pos()[2] - 0.06
             yield from self.move([peg[0] + offset[0], peg[1] + offset[1], max(z, 0.86)], yaw, tol=0.005, max_steps=40)
         yield from self.gripper(GRIP_OPEN, 10, yaw)
