@@ -97,6 +97,7 @@ class ScriptedDemonstrator:
         self.env, self.style = env, style
         self.rs = env.robosuite_env
         self.grip = GRIP_OPEN
+        self.neutral_yaw = self.eef_yaw()
 
     # -- state -----------------------------------------------------------------------------------------
     def eef_pos(self) -> np.ndarray:
@@ -226,34 +227,49 @@ class SquareDemonstrator(ScriptedDemonstrator):
 
     def actions(self):
         yield from self.maybe_pause()
+        for _ in range(2):  # a nut that slips out on the way is grasped again where it fell
+            placed = yield from self._pick_and_place()
+            if placed:
+                return
+
+    def _pick_and_place(self):
         yaw = self._grasp_yaw()
         yield from self.move(self._handle() + [0, 0, 0.1], yaw, tol=0.015)
         ok = yield from self.grasp("SquareNut_main", self._handle, yaw, 0.0)
         if not ok:
-            return
+            return False
+        rest_z = self.rs.table_offset[2]
+        carry_z = 1.02 + self.style.rng.uniform(0.0, 0.04)
+        yield from self.move([*self.eef_pos()[:2], carry_z], yaw, tol=0.03)  # lift first, turn at height
+        if self.body_pos("SquareNut_main")[2] < rest_z + 0.12:
+            yield from self.gripper(GRIP_OPEN, 8, yaw)
+            return False
         peg = self.body_pos("peg1")
         # Turn so the nut's square hole lines up with the (axis-aligned) square peg: nut yaw ≡ 0 (mod π/2). Of
-        # the four such turns (within ±135°), take the one that leaves the gripper on the robot's side of the
-        # nut: the peg is near the edge of the Panda's reach.
+        # those turns, take the one that leaves the gripper on the robot's side of the nut (the peg is near the
+        # edge of the Panda's reach), keeping the final yaw within ±110° of the start pose's (wrist limits).
         offset = (self.eef_pos() - self._hole())[:2]
         base = -_wrap(self.body_yaw("SquareNut_main"), math.pi / 2)
-        turns = [base + k * math.pi / 2 for k in range(-2, 3) if abs(base + k * math.pi / 2) <= 0.75 * math.pi]
+        turns = [base + k * math.pi / 2 for k in range(-3, 4)
+                 if abs(_wrap(self.eef_yaw() + base + k * math.pi / 2 - self.neutral_yaw)) <= 0.61 * math.pi]
         turn = min(turns, key=lambda t: (_rot_z(t)[:2, :2] @ offset)[0])
         yaw = self.eef_yaw() + turn
-        carry_z = 1.02 + self.style.rng.uniform(0.0, 0.04)
-        yield from self.move([*self.eef_pos()[:2], carry_z], yaw, tol=0.03)
         yield from self.maybe_pause(yaw)
         for tol, steps in ((0.02, 120), (0.004, 60)):
             # the hole over the peg: gripper target = peg + (gripper − hole centre), re-read as the nut settles
             offset = self.eef_pos() - self._hole()
             over = np.array([peg[0] + offset[0], peg[1] + offset[1], carry_z])
             yield from self.move(over, yaw, tol=tol, max_steps=steps)
+        if self.body_pos("SquareNut_main")[2] < rest_z + 0.12:  # dropped on the way
+            yield from self.gripper(GRIP_OPEN, 8, yaw)
+            return False
         for _ in range(3):  # lower in stages, re-centring the nut over the peg
             offset = self.eef_pos() - self._hole()
             z = self.eef_pos()[2] - 0.06
             yield from self.move([peg[0] + offset[0], peg[1] + offset[1], max(z, 0.86)], yaw, tol=0.005, max_steps=40)
         yield from self.gripper(GRIP_OPEN, 10, yaw)
         yield from self.move(self.eef_pos() + [0, 0, 0.12], yaw, tol=0.02)
+        return True
 
 
 DEMONSTRATORS = {"Lift": LiftDemonstrator, "PickPlaceCan": CanDemonstrator, "NutAssemblySquare": SquareDemonstrator}
