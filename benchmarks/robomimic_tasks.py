@@ -55,7 +55,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for env_id, speed, ok, n, lengths, _ in rows:
         span = f"{np.mean(lengths):.0f} ({min(lengths)}–{max(lengths)})" if lengths else "–"
-        print(f"| {env_id} | {speed:.0f} | {ok}/{n} = {ok / n:.2f} | {span} |")
+        rate = f"{ok}/{n} = {ok / n:.2f}" if n else "–"
+        print(f"| {env_id} | {speed:.0f} | {rate} | {span} |")
 
 
 if __name__ == "__main__":
