@@ -241,13 +241,15 @@ class RobosuiteTaskEnv(gym.Env):
         np.random.seed(0)  # noqa: NPY002
         try:
             self.robosuite_env = robosuite.make(env_name, **kwargs)
+            self._disable_unused_observables()
+            first = self._flat(self.robosuite_env.reset())
+        except EnvError:
+            raise
         except Exception as err:  # noqa: BLE001 - robosuite raises many kinds; one line for the user
             raise EnvError(f"robosuite cannot make {env_name!r}: {' '.join(str(err).split())}") from None
         finally:
             np.random.set_state(caller_state)  # noqa: NPY002
-        self._disable_unused_observables()
         self._rs_rng = None  # the numpy global-RNG state robosuite draws its resets from
-        first = self._flat(self.robosuite_env.reset())
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=first.shape, dtype=np.float32)
         low, high = self.robosuite_env.action_spec
         self.action_space = gym.spaces.Box(np.asarray(low, np.float32), np.asarray(high, np.float32),

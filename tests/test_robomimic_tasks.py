@@ -91,7 +91,9 @@ def test_controller_config_is_robosuites_panda_default():
 
 def test_env_from_env_args_dict_json_file_and_old_controller_format(tmp_path, envs):
     args = make_env_args("PickPlaceCan")
+    global_state = np.random.get_state()  # noqa: NPY002 - building an env leaves the global RNG alone too
     env = make_from_env_args(args)
+    np.testing.assert_array_equal(np.random.get_state()[1], global_state[1])  # noqa: NPY002
     try:
         assert env.spec.id == "RobomimicCan-v0" and env.observation_space.shape == (23,)
         assert env.unwrapped.env_args()["env_kwargs"]["controller_configs"] == PANDA_OSC_POSE
