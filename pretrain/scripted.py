@@ -55,15 +55,6 @@ class Style:
                    noise=0.03 * v, pause_prob=0.15 * v, fail_first_grasp=bool(rng.random() < fail_prob), rng=rng)
 
 
-def _quat_xyzw_to_matrix(q) -> np.ndarray:
-    x, y, z, w = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
 def _rotvec(matrix: np.ndarray) -> np.ndarray:
     """Axis-angle vector of a rotation matrix."""
     cos = np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0)
