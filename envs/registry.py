@@ -12,7 +12,8 @@ in ``data/experts/<env_id>/expert.json`` over 10 episodes. ``None`` means not me
 Env ids (everywhere an env id is accepted: :func:`get_task`, :func:`envs.vector.make_env`,
 :class:`envs.vector.VecEnv`, evaluation, videos) are one of
 
-- a registered gymnasium id, e.g. ``Hopper-v5``;
+- a registered gymnasium id, e.g. ``Hopper-v5`` (``Robomimic*`` ids — the robomimic tasks on robosuite — are
+  registered on first use by :mod:`envs.robosuite_tasks`);
 - ``module:EnvId``: ``module`` is imported first (it registers ``EnvId``), then ``gym.make(EnvId)``;
 - ``module:Class``: ``module`` is imported and ``Class`` (a ``gym.Env`` subclass, or any callable returning
   one) is made through ``gym.make`` with an :class:`~gymnasium.envs.registration.EnvSpec` whose id is the
@@ -74,6 +75,8 @@ TASKS: dict[str, TaskSpec] = {
 
 # id prefix → (module that registers the ids on import, the pip command that installs it); first match wins
 SUITE_MODULES: dict[str, tuple[str, str]] = {
+    # our own robosuite adapter: importing it registers the ids; robosuite itself loads when an env is made
+    "Robomimic": ("envs.robosuite_tasks", "pip install 'flowpolicy[manipulation]'"),
     "Fetch": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
     "FrankaKitchen": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),
     "HandManipulate": ("gymnasium_robotics", "pip install 'flowpolicy[manipulation]'"),

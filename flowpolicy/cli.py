@@ -198,7 +198,21 @@ def cmd_collect(args: argparse.Namespace) -> int:
     Quality is measured as the expert fraction (R - R_random) / (R_expert - R_random). "medium" is the
     training snapshot closest to --medium-fraction; when none is within +-0.15 a warning names the fraction
     reached and the default dataset id says it (e.g. flowpolicy/hopper-frac97-v0 for 97 % of expert).
-    An existing dataset is never replaced without --overwrite."""
+    An existing dataset is never replaced without --overwrite.
+
+    --demonstrator scripted (the robomimic tasks RobomimicLift-v0, RobomimicCan-v0, RobomimicSquare-v0):
+    our scripted demonstrators record EPISODES successful demonstrations (failures are dropped, as in
+    robomimic's datasets; at most 3 x EPISODES attempts) into OUT/<task>-scripted.hdf5 (or
+    OUT/DATASET_ID.hdf5) in robomimic's layout, with mask/train and mask/valid filter keys."""
+    if args.demonstrator == "scripted":
+        from pretrain.scripted import collect_scripted
+
+        result = collect_scripted(args.env, args.out, episodes=args.episodes, seed=args.seed,
+                                  name=args.dataset_id, overwrite=args.overwrite)
+        print(f"{result.path}: {result.episodes} scripted demonstrations, {result.env_steps} env steps "
+              f"(mean length {result.length_mean:.0f}); demonstrator success {result.successes}/{result.attempts} "
+              f"= {result.success_rate:.2f}; {result.wall_s:.0f} s")
+        return 0
     from pretrain.collect import collect
 
     result = collect(args.env, args.out, quality=args.quality, episodes=args.episodes, seed=args.seed,
@@ -333,12 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--quality", choices=["medium", "expert"], default="medium", help="default medium")
     co.add_argument("--episodes", type=int, default=50, help="episodes to record, >= 1 (default 50)")
     co.add_argument("--seed", type=int, default=0, help="episode i is reset with SEED+i, >= 0 (default 0)")
-    co.add_argument("--demonstrator", choices=["sac"], default="sac",
-                    help="who demonstrates: a SAC expert (default; suite oracles and scripted demonstrators "
-                         "for manipulation tasks are not implemented yet)")
+    co.add_argument("--demonstrator", choices=["sac", "scripted"], default="sac",
+                    help="who demonstrates: a SAC expert (default; writes a Minari dataset) or our scripted "
+                         "demonstrator for the robomimic tasks (Robomimic*-v0; writes a robomimic .hdf5)")
     co.add_argument("--dataset-id", default=None,
                     help="Minari id of the dataset (default flowpolicy/<task>-<quality>-v0, e.g. "
-                         "flowpolicy/hopper-medium-v0)")
+                         "flowpolicy/hopper-medium-v0); with --demonstrator scripted the file name without "
+                         ".hdf5 (default <task>-scripted)")
     co.add_argument("--overwrite", action="store_true",
                     help="replace an existing dataset of the same id (refused otherwise)")
     co.add_argument("--expert-dir", default=None,

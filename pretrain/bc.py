@@ -61,7 +61,9 @@ class BCTrainConfig:
     warmup_steps: int = param(500, "linear learning-rate warm-up steps", ge=0)
     ema_decay: float = param(0.995, "decay of the weight EMA that is evaluated and saved", ge=0, lt=1)
     grad_clip: float = param(1.0, "gradient-norm clip", gt=0)
-    val_fraction: float = param(0.05, "share of whole episodes held out for the validation loss", ge=0, lt=1)
+    val_fraction: float = param(0.05, "share of whole episodes held out for the validation loss (a robomimic file's "
+                                      "mask/train and mask/valid are used instead when it has both; 0: none)",
+                                ge=0, lt=1)
     val_every: int = param(1000, "steps between validation losses", ge=1)
     eval_every: int = param(5000, "steps between evaluation rollouts (0: only at the end)", ge=0)
     eval_episodes: int = param(10, "episodes per evaluation, seeded with the run's seed (0: no evaluation)", ge=0)
@@ -179,7 +181,11 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     out.mkdir(parents=True, exist_ok=True)
-    train_eps, val_eps = split_episodes(episodes, tc.val_fraction, cfg.seed)
+    masks = data_meta.get("filter_keys") or {}
+    if tc.val_fraction > 0 and masks.get("train") and masks.get("valid"):  # a robomimic file's own split
+        train_eps, val_eps = [episodes[i] for i in masks["train"]], [episodes[i] for i in masks["valid"]]
+    else:
+        train_eps, val_eps = split_episodes(episodes, tc.val_fraction, cfg.seed)
     train_obs = np.concatenate([e.observations for e in train_eps])
     train_act = np.concatenate([e.actions for e in train_eps])
     policy = Policy(policy_cfg, ObservationNormalizer.fit(train_obs), ActionNormalizer.fit(train_act)).to(cfg.device)

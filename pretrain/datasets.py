@@ -25,10 +25,12 @@ On disk there are two formats:
 
   Loading never downloads: a dataset id is looked up under ``data_dir``, else ``$MINARI_DATASETS_PATH``,
   else Minari's default ``~/.minari/datasets``.
-- **robomimic hdf5** (read and write with h5py only; importing robomimic drags in CUDA torchvision): group
-  ``data`` (attrs ``total``, ``env_args``) with ``demo_<i>`` groups holding ``actions``, ``rewards``,
-  ``dones`` and ``obs``/``next_obs`` groups of per-key arrays. Episode seeds, when known, go into an extra
-  ``seed`` attribute of each demo group (robomimic ignores unknown attributes).
+- **robomimic hdf5** (read and write with h5py only; importing robomimic drags in CUDA torchvision), in
+  robomimic's v1.5 layout: group ``data`` (attrs ``total``, ``env_args`` JSON — type 1 for robosuite, 2 for
+  gym) with ``demo_<i>`` groups (attr ``num_samples``) holding ``actions``, ``rewards``, ``dones``,
+  ``states`` and ``obs``/``next_obs`` groups of per-key arrays, and ``mask/<filter key>`` lists of demo names
+  (``train``/``valid``). Episode seeds, when known, go into an extra ``seed`` attribute of each demo group
+  and our env id into ``data.attrs["flowpolicy_env_id"]`` (robomimic ignores unknown attributes).
 
 :func:`make_chunk_samples` turns episodes into (observation history, action chunk) pairs for behavior
 cloning with the same padding the agent uses at run time.
@@ -65,6 +67,7 @@ class Episode:
     terminated: bool
     truncated: bool
     seed: int | None = None
+    states: np.ndarray | None = None  # simulator states s_0 … s_{T−1} (robomimic's ``states``), when known
 
     def __post_init__(self):
         self.observations = np.asarray(self.observations, dtype=np.float32)
@@ -80,6 +83,11 @@ class Episode:
         if steps < 1 or self.observations.shape[0] != steps + 1 or self.rewards.shape[0] != steps:
             raise DatasetError(f"episode needs T ≥ 1 actions, T rewards and T+1 observations; got "
                                f"{self.actions.shape[0]}, {self.rewards.shape[0]} and {self.observations.shape[0]}")
+
+        if self.states is not None:
+            self.states = np.asarray(self.states, dtype=np.float64)
+            if self.states.shape[0] != steps:
+                raise DatasetError(f"episode has {steps} actions but {self.states.shape[0]} simulator states")
 
     @property
     def length(self) -> int:
@@ -497,46 +505,126 @@ def load_minari_dataset(dataset_id_or_path: str | Path, data_dir: str | Path | N
 # --------------------------------------------------------------------------------------- robomimic hdf5
 
 _ROBOMIMIC_GYM_ENV_TYPE = 2  # robomimic's EnvType.GYM_TYPE
-
-
-def write_robomimic_hdf5(path: str | Path, episodes: list[Episode], env_id: str, obs_key: str = "state") -> Path:
-    """Write ``episodes`` in robomimic's layout, the whole observation vector under one ``obs_key``.
-
-    ``dones`` is 1 only on the last step of a terminated episode. Written to a temporary file and renamed,
-    so an interrupted write leaves no half file at ``path``.
-    """
-    path = Path(path)
-    if not episodes:
-        raise DatasetError(f"{path}: refusing to write a dataset with no episodes")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(temporary, "w") as file:
-            data = file.create_group("data")
-            data.attrs["total"] = int(sum(ep.length for ep in episodes))
-            data.attrs["env_args"] = json.dumps({"env_name": env_id, "type": _ROBOMIMIC_GYM_ENV_TYPE,
-                                                 "env_kwargs": {}})
-            for i, ep in enumerate(episodes):
-                demo = data.create_group(f"demo_{i}")
-                demo.attrs["num_samples"] = ep.length
-                if ep.seed is not None:
-                    demo.attrs["seed"] = ep.seed
-                demo.create_dataset("actions", data=ep.actions)
-                demo.create_dataset("rewards", data=ep.rewards)
-                dones = np.zeros(ep.length, dtype=np.int64)
-                dones[-1] = int(ep.terminated)
-                demo.create_dataset("dones", data=dones)
-                demo.create_group("obs").create_dataset(obs_key, data=ep.observations[:-1])
-                demo.create_group("next_obs").create_dataset(obs_key, data=ep.observations[1:])
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+_ROBOMIMIC_ROBOSUITE_ENV_TYPE = 1  # robomimic's EnvType.ROBOSUITE_TYPE
+ROBOMIMIC_LOW_DIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
+_OUR_ENV_ID_ATTR = "flowpolicy_env_id"  # extra attribute of /data (robomimic ignores unknown attributes)
 
 
 def _demo_order(name: str) -> tuple[int, str]:
     match = re.fullmatch(r"demo_(\d+)", name)
     return (int(match.group(1)), name) if match else (-1, name)
+
+
+def _split_obs_keys(obs_keys, obs_dim: int, obs_key: str, path: Path) -> dict[str, int]:
+    if obs_keys is None:
+        return {obs_key: obs_dim}
+    keys = dict(obs_keys)
+    if not keys or sum(keys.values()) != obs_dim:
+        raise DatasetError(f"{path}: obs_keys {keys} do not add up to the observations' {obs_dim} dims")
+    return keys
+
+
+def _filter_key_demos(filter_keys, val_fraction, split_seed: int, names: list[str], path: Path) -> dict:
+    """``{filter key: [demo names]}`` from explicit ``filter_keys`` (episode indices or demo names) and/or
+    a seeded ``train``/``valid`` split by ``val_fraction`` (robomimic's ``split_train_val.py`` names)."""
+    masks: dict[str, list[str]] = {}
+    if val_fraction is not None:
+        n = len(names)
+        if not 0.0 <= val_fraction < 1.0:
+            raise DatasetError(f"{path}: val_fraction must be in [0, 1), got {val_fraction}")
+        n_val = min(max(int(round(val_fraction * n)), 1 if val_fraction > 0 else 0), n - 1)
+        val = set(np.random.default_rng(split_seed).permutation(n)[:n_val].tolist())
+        masks["train"] = [name for i, name in enumerate(names) if i not in val]
+        masks["valid"] = [name for i, name in enumerate(names) if i in val]
+    for key, members in (filter_keys or {}).items():
+        if not re.fullmatch(r"[\w.-]+", str(key)):
+            raise DatasetError(f"{path}: filter key {key!r} must be letters, digits, '_', '.' or '-'")
+        chosen = []
+        for member in members:
+            name = names[member] if isinstance(member, int | np.integer) and 0 <= member < len(names) else member
+            if name not in names:
+                raise DatasetError(f"{path}: filter key {key!r} names {member!r}, which is not a demo of this file")
+            chosen.append(name)
+        masks[str(key)] = chosen
+    return masks
+
+
+def write_robomimic_hdf5(path: str | Path, episodes: list[Episode], env_id: str, obs_key: str = "state", *,
+                         obs_keys: dict[str, int] | None = None, env_args: dict | None = None,
+                         filter_keys: dict | None = None, val_fraction: float | None = None, split_seed: int = 0,
+                         next_obs: bool = True, compression: str | None = None,
+                         attrs: dict | None = None) -> Path:
+    """Write ``episodes`` in robomimic's v1.5 layout; returns ``path``.
+
+    - ``/data`` attrs: ``total`` (steps), ``env_args`` (JSON: ``env_args`` when given — type 1 for robosuite —,
+      else a gym env, type 2, named ``env_id``) and ``flowpolicy_env_id`` (``env_id``; robomimic ignores it);
+    - ``/data/demo_<i>``: attrs ``num_samples`` (and ``seed`` when known); ``actions``, ``rewards``, ``dones``
+      (1 only on the last step of a terminated episode), ``obs/<key>``, ``next_obs/<key>`` (unless
+      ``next_obs=False``) and ``states`` when the episodes carry simulator states;
+    - observations are split into ``obs_keys`` (ordered ``{key: dims}``, e.g. robomimic's low-dim keys), or
+      written whole under ``obs_key``;
+    - ``/mask/<filter key>``: demo names as byte strings, as robomimic's ``split_train_val.py`` writes them —
+      ``train``/``valid`` from a seeded split when ``val_fraction`` is given, plus any ``filter_keys``
+      (``{name: [episode index or demo name]}``).
+
+    ``attrs`` (JSON-able values) become extra ``/data`` attributes (dicts and lists as JSON text).
+    Arrays are float64 (dones int64), as robomimic stores them; ``compression`` (e.g. ``"gzip"``) is an h5py
+    filter every HDF5 reader undoes transparently. Written to a temporary file and renamed, so an interrupted
+    write leaves no half file at ``path``.
+    """
+    path = Path(path)
+    if not episodes:
+        raise DatasetError(f"{path}: refusing to write a dataset with no episodes")
+    obs_dim = episodes[0].observations.shape[1]
+    if any(ep.observations.shape[1] != obs_dim for ep in episodes):
+        raise DatasetError(f"{path}: episodes have different observation sizes")
+    keys = _split_obs_keys(obs_keys, obs_dim, obs_key, path)
+    names = [f"demo_{i}" for i in range(len(episodes))]
+    masks = _filter_key_demos(filter_keys, val_fraction, split_seed, names, path)
+    args = env_args if env_args is not None else {"env_name": env_id, "type": _ROBOMIMIC_GYM_ENV_TYPE,
+                                                  "env_kwargs": {}}
+    options = {"compression": compression} if compression else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+
+    def put(group, name, values, dtype=np.float64):
+        group.create_dataset(name, data=np.asarray(values, dtype=dtype), **options)
+
+    def put_obs(group, observations):
+        start = 0
+        for key, dim in keys.items():
+            put(group, key, observations[:, start:start + dim])
+            start += dim
+
+    try:
+        with h5py.File(temporary, "w") as file:
+            data = file.create_group("data")
+            data.attrs["total"] = int(sum(ep.length for ep in episodes))
+            data.attrs["env_args"] = json.dumps(_jsonable(args, f"{path}: env_args"))
+            data.attrs[_OUR_ENV_ID_ATTR] = env_id
+            for key, value in _jsonable(dict(attrs or {}), f"{path}: attrs").items():
+                data.attrs[key] = json.dumps(value) if isinstance(value, dict | list) or value is None else value
+            for name, ep in zip(names, episodes, strict=True):
+                demo = data.create_group(name)
+                demo.attrs["num_samples"] = ep.length
+                if ep.seed is not None:
+                    demo.attrs["seed"] = ep.seed
+                put(demo, "actions", ep.actions)
+                put(demo, "rewards", ep.rewards)
+                dones = np.zeros(ep.length, dtype=np.int64)
+                dones[-1] = int(ep.terminated)
+                put(demo, "dones", dones, np.int64)
+                if ep.states is not None:
+                    put(demo, "states", ep.states)
+                put_obs(demo.create_group("obs"), ep.observations[:-1])
+                if next_obs:
+                    put_obs(demo.create_group("next_obs"), ep.observations[1:])
+            for key, members in masks.items():
+                file.create_dataset(f"mask/{key}", data=np.array(members, dtype="S"))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
 
 
 def _member(group: h5py.Group, key: str, path: Path):
@@ -556,13 +644,43 @@ def _stacked_observations(group: h5py.Group, obs_keys: list[str], path: Path, ro
     return np.concatenate(parts, axis=1)
 
 
-def read_robomimic_hdf5(path: str | Path, obs_keys: list[str] | None = None) -> tuple[list[Episode], dict]:
+def _robomimic_env_id(env_args: dict, recorded: str | None) -> str | None:
+    """The env id a robomimic file is for: ours when recorded, our gymnasium id for a robosuite task
+    (``Lift`` → ``RobomimicLift-v0``), else ``env_args["env_name"]``."""
+    if recorded:
+        return str(recorded)
+    name = env_args.get("env_name")
+    if env_args.get("type") == _ROBOMIMIC_ROBOSUITE_ENV_TYPE and name:
+        from envs.robosuite_tasks import gym_id_for  # registers ids only; robosuite is not imported
+
+        return gym_id_for(name) or name
+    return name
+
+
+def _mask_names(file: h5py.File) -> dict[str, list[str]]:
+    if "mask" not in file:
+        return {}
+    return {key: [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(file["mask"][key][()]).ravel()]
+            for key in file["mask"].keys()}
+
+
+def read_robomimic_hdf5(path: str | Path, obs_keys: list[str] | None = None,
+                        filter_key: str | None = None) -> tuple[list[Episode], dict]:
     """Read a robomimic hdf5 file into episodes (observations = concatenated ``obs_keys``) and metadata.
 
-    ``obs_keys`` defaults to all keys of the first demo's ``obs`` group, sorted. o_T is ``next_obs[-1]``; an
-    episode whose last ``dones`` is 1 is terminated, otherwise truncated. The metadata holds ``env_id``
-    (``env_args["env_name"]``), ``env_args``, ``obs_keys``, ``seeds`` (None where the file has none),
-    ``total`` and ``path``.
+    ``obs_keys`` defaults to robomimic's low-dim keys in robomimic's order (``robot0_eef_pos``,
+    ``robot0_eef_quat``, ``robot0_gripper_qpos``, ``object``) for a robosuite file that has them, else to all
+    keys of the first demo's ``obs`` group, sorted. ``filter_key`` reads only the demos listed in
+    ``mask/<filter_key>`` (e.g. ``train``/``valid``), as robomimic's ``SequenceDataset`` does. o_T is
+    ``next_obs[-1]``; a file without ``next_obs`` (robomimic's ``obs``-only files) repeats o_{T−1} as o_T
+    (exact for behavior cloning, which never reads o_T; metadata ``next_obs`` says False). An episode whose
+    last ``dones`` is 1 is terminated, otherwise truncated; missing ``rewards`` read as zeros, missing
+    ``dones`` as truncated; ``states`` come back in :attr:`Episode.states`.
+
+    The metadata holds ``env_id`` (see :func:`_robomimic_env_id`), ``env_name``, ``env_args``, ``obs_keys``,
+    ``seeds`` (None where the file has none), ``demos`` (names, in order), ``filter_key``, ``filter_keys``
+    (``{key: [indices into the returned episodes]}`` for every mask of the file whose demos were read),
+    ``next_obs``, ``total`` and ``path``.
     """
     path = Path(path)
     if not path.is_file():
@@ -579,22 +697,41 @@ def read_robomimic_hdf5(path: str | Path, obs_keys: list[str] | None = None) -> 
             raise DatasetError(f"{path}: /data has no attribute 'env_args'") from None
         except (TypeError, json.JSONDecodeError) as err:
             raise DatasetError(f"{path}: /data attribute 'env_args' is not JSON ({err})") from None
-        demo_names = sorted((name for name in data.keys() if name.startswith("demo_")), key=_demo_order)
+        masks = _mask_names(file)
+        if filter_key is not None:
+            if filter_key not in masks:
+                raise DatasetError(f"{path}: no filter key {filter_key!r} (mask/ has: "
+                                   f"{', '.join(sorted(masks)) or 'nothing'})")
+            demo_names = sorted(masks[filter_key], key=_demo_order)
+            missing = [name for name in demo_names if name not in data]
+            if missing:
+                raise DatasetError(f"{path}: mask/{filter_key} names {missing[0]!r}, which is not in /data")
+        else:
+            demo_names = sorted((name for name in data.keys() if name.startswith("demo_")), key=_demo_order)
         if not demo_names:
-            raise DatasetError(f"{path}: /data holds no demo_<i> groups")
+            raise DatasetError(f"{path}: /data holds no demo_<i> groups"
+                               + (f" in mask/{filter_key}" if filter_key is not None else ""))
         if obs_keys is None:
-            obs_keys = sorted(_member(data[demo_names[0]], "obs", path).keys())
+            available = _member(data[demo_names[0]], "obs", path).keys()
+            if env_args.get("type") == _ROBOMIMIC_ROBOSUITE_ENV_TYPE and set(ROBOMIMIC_LOW_DIM_KEYS) <= set(available):
+                obs_keys = list(ROBOMIMIC_LOW_DIM_KEYS)
+            else:
+                obs_keys = sorted(available)
         obs_keys = list(obs_keys)
         if not obs_keys:
             raise DatasetError(f"{path}: no observation keys to read")
-        episodes = []
+        episodes, all_next_obs = [], True
         for name in demo_names:
             demo = data[name]
             actions = np.asarray(_member(demo, "actions", path)[()], dtype=np.float32)
             steps = actions.shape[0]
             first = _stacked_observations(_member(demo, "obs", path), obs_keys, path, slice(None))
-            final = _stacked_observations(_member(demo, "next_obs", path), obs_keys, path, slice(-1, None))
-            dones = np.asarray(_member(demo, "dones", path)[()])
+            if "next_obs" in demo:
+                final = _stacked_observations(demo["next_obs"], obs_keys, path, slice(-1, None))
+            else:
+                final, all_next_obs = first[-1:], False
+            dones = np.asarray(demo["dones"][()]) if "dones" in demo else np.zeros(steps, dtype=np.int64)
+            rewards = np.asarray(demo["rewards"][()]).reshape(-1) if "rewards" in demo else np.zeros(steps)
             if first.shape[0] != steps or dones.shape[0] != steps:
                 raise DatasetError(f"{path}: {demo.name} has {steps} actions but {first.shape[0]} observations "
                                    f"and {dones.shape[0]} dones")
@@ -604,20 +741,28 @@ def read_robomimic_hdf5(path: str | Path, obs_keys: list[str] | None = None) -> 
                 episodes.append(Episode(
                     observations=np.concatenate([first, final]),
                     actions=actions.reshape(steps, -1),
-                    rewards=np.asarray(_member(demo, "rewards", path)[()]).reshape(-1),
+                    rewards=rewards,
                     terminated=terminated,
                     truncated=not terminated,
                     seed=None if seed is None else int(seed),
+                    states=np.asarray(demo["states"][()]) if "states" in demo else None,
                 ))
             except DatasetError as err:
                 raise DatasetError(f"{path}: {demo.name}: {err}") from None
         total = data.attrs.get("total")
+        recorded_id = data.attrs.get(_OUR_ENV_ID_ATTR)
+    position = {name: i for i, name in enumerate(demo_names)}
     info = {
-        "env_id": env_args.get("env_name"),
+        "env_id": _robomimic_env_id(env_args, recorded_id),
+        "env_name": env_args.get("env_name"),
         "env_args": env_args,
         "obs_keys": obs_keys,
         "seeds": [ep.seed for ep in episodes],
-        "total": int(total) if total is not None else int(sum(ep.length for ep in episodes)),
+        "demos": demo_names,
+        "filter_key": filter_key,
+        "filter_keys": {key: [position[n] for n in names if n in position] for key, names in masks.items()},
+        "next_obs": all_next_obs,
+        "total": int(total) if total is not None and filter_key is None else int(sum(ep.length for ep in episodes)),
         "path": str(path),
     }
     return episodes, info

@@ -210,6 +210,18 @@ def test_collect_argument_errors_are_one_line(tmp_path, capsys, extra, message):
     assert err.count("\n") == 1 and "Traceback" not in err and not out.exists()
 
 
+@pytest.mark.parametrize("env_id, extra, message", [
+    ("LineReward-v0", [], "no scripted demonstrator for 'LineReward-v0'"),
+    ("RobomimicLift-v0", ["--episodes", "0"], "episodes must be an integer >= 1"),
+])
+def test_scripted_collect_errors_are_one_line(tmp_path, capsys, env_id, extra, message):
+    out = tmp_path / "data"
+    assert cli_main(["collect", "--env", env_id, "--demonstrator", "scripted", "--out", str(out), *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("flowpolicy collect: error: ") and message in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
 def test_collect_argument_error_exit_code_from_the_command_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "flowpolicy.cli", "collect", "--env", "Hopper-v5", "--out",
                           str(tmp_path), "--episodes", "0"], capture_output=True, text=True, cwd=REPO)
