@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from agents.backends import attach_backend, check_backend
 from agents.cfgrl import CFGRLConfig, CFGRLLearner
 from agents.chain_pg import ChainPGLearner, CPSConfig, DDPOISConfig, DDPOSFConfig, GRPOConfig
 from agents.fpo import FPOConfig, FPOLearner
@@ -56,7 +57,10 @@ class FinetuneConfig:
 
 # what a resumed run may change: how long it runs, how it is evaluated and shown, not what it learns
 RESUMABLE_KEYS = ("runner.total_env_steps", "runner.eval_every", "runner.eval_episodes", "runner.checkpoint_every",
-                  "runner.progress", "torch_threads", "device")
+                  "runner.progress", "torch_threads", "device",
+                  # rollouts give the same numbers on every backend, so a run may resume on another one
+                  "runner.backend", "runner.num_workers", "runner.ray_address", "runner.worker_cpus",
+                  "runner.max_worker_restarts")
 
 
 def check_resume_settings(saved: dict, resumed: dict, run_dir) -> None:
@@ -95,6 +99,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     algo_cls, learner_cls = ALGORITHMS[cfg.algorithm]
     algo_cfg = from_dict(algo_cls, cfg.algo, prefix="algo")
     check_device(cfg.device)
+    check_backend(cfg.runner)
     run_dir = Path(cfg.out)
     if not resume:
         check_new_run_dir(run_dir, overwrite)
@@ -127,6 +132,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
                     metadata={"algorithm": cfg.algorithm, "pretrained": cfg.policy,
                               "pretrained_metadata": metadata.get("pretrained_metadata") if continuing else metadata})
     try:
+        attach_backend(learner, cfg.runner)  # runner.backend: where the envs step; the learner does not see it
         return runner.run(resume=continuing)
     finally:
         if getattr(learner, "envs", None) is not None:
