@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import sys
 import time
 from typing import Any
 
@@ -136,11 +137,20 @@ def _process_main(conn, args) -> None:  # the loop of an ``async`` worker proces
         worker.close()
 
 
+def _start_method() -> str:
+    """fork where it is safe (fast: the child already has gymnasium and MuJoCo imported); forkserver when this
+    process runs a Ray driver, whose gRPC threads must not be forked."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() or "fork" not in mp.get_all_start_methods():
+        return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    return "fork"
+
+
 class _ProcessHandle:
     lost = (EOFError, BrokenPipeError, ConnectionResetError)
 
     def __init__(self, args):
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        ctx = mp.get_context(_start_method())
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_process_main, args=(child, args), daemon=True)
         self.process.start()
