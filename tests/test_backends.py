@@ -188,3 +188,29 @@ def test_runs_on_every_backend_match_sync_through_a_killed_worker_and_a_resume(t
     resumed = run(tmp_path, "async-stopped", "runner.backend=ray", resume=True)  # resumes on another backend
     assert {k: resumed[k] for k in SAME} == {k: reference[k] for k in SAME}
     assert json.loads((tmp_path / "async-stopped" / "config.json").read_text())["runner"]["backend"] == "async"
+
+
+def test_ray_backend_without_ray_is_a_one_line_config_error(monkeypatch):
+    import sys
+
+    from agents.backends import check_backend
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(ConfigError, match=r"runner.backend: ray needs the ray package \(pip install"):
+        check_backend(from_dict(RunnerConfig, {"backend": "ray"}, prefix="runner"))
+    check_backend(from_dict(RunnerConfig, {"backend": "async"}, prefix="runner"))  # needs nothing
+
+
+def test_sync_and_envless_learners_keep_their_envs():
+    from types import SimpleNamespace
+
+    from agents.backends import attach_backend
+
+    envs = VecEnv("Hopper-v5", 2)
+    learner = SimpleNamespace(envs=envs)
+    attach_backend(learner, RunnerConfig())
+    assert learner.envs is envs
+    envs.close()
+    offline = SimpleNamespace(envs=None)  # offline CFGRL has no envs
+    attach_backend(offline, from_dict(RunnerConfig, {"backend": "ray"}, prefix="runner"))
+    assert offline.envs is None
