@@ -69,7 +69,8 @@ def broadcast_s(policy, envs) -> float:
 def ours(cfg: FinetuneConfig, iterations: int, backend: str = "sync", workers: int = 1) -> dict:
     from agents.backends import make_backend_envs
 
-    policy, _ = load_policy(cfg.policy)
+    torch.manual_seed(cfg.seed)  # the noise net's and critic's initialization, as finetune seeds it: every
+    policy, _ = load_policy(cfg.policy)  # backend then runs the same numbers (env_steps must agree)
     algo = from_dict(ReinFlowConfig, cfg.algo)
     learner = ReinFlowLearner(policy, cfg.env_id, algo, total_iterations=iterations, seed=cfg.seed)
     learner.cfg.critic_warmup_iterations = 0  # time the full update from the first iteration
