@@ -4,6 +4,7 @@ shard replayed with identical numbers, a worker that keeps dying stops the run w
 (on another backend) continues exactly, and ``runner.backend`` is validated. The Ray tests share one
 ``ray.init(num_cpus=2)`` and skip with a reason when ray is not installed."""
 
+import functools
 import json
 
 import numpy as np
@@ -62,7 +63,7 @@ def test_runner_backend_is_validated():
         from_dict(RunnerConfig, {"worker_cpus": -1}, prefix="runner")
 
 
-@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("workers", [1, 3])  # one shard; uneven shards (2, 2, 1)
 def test_async_steps_exactly_like_sync_including_group_seeds(workers):
     with VecEnv("Hopper-v5", 5, act_steps=4) as ref, ShardedVecEnv("Hopper-v5", 5, 4, num_workers=workers) as sharded:
         assert_same_steps(ref, sharded, [3, [7, 7, 8, 8, 9]])
@@ -93,6 +94,7 @@ LEARNERS = {
 }
 
 
+@functools.cache  # each sync reference is collected once for both backends' tests
 def collected(name: str, backend: str, iteration: int = 1) -> tuple[dict, dict]:
     cfg = load_config(FinetuneConfig, f"configs/hopper/{name}.yaml", LEARNERS[name])
     algo_cls, learner_cls = ALGORITHMS[name]
