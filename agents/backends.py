@@ -295,21 +295,26 @@ class ShardedVecEnv:
         return _ProcessHandle(args)
 
     def _restart(self, k: int, err: BaseException) -> None:
-        """Replace dead worker k by a new one in the dead one's exact state (reset + replayed actions)."""
-        if self.restarts >= self.max_restarts:
-            raise WorkerLostError(f"rollout worker {k} ({self.transport}, envs {self.bounds[k][0]}–"
-                                  f"{self.bounds[k][1] - 1}) died ({type(err).__name__}) after "
-                                  f"{self.restarts} restarts (runner.max_worker_restarts={self.max_restarts})"
-                                  ) from None
-        self.restarts += 1
-        try:
-            self.workers[k].kill()
-        except Exception:  # noqa: BLE001 - it is already gone
-            pass
-        self.workers[k] = worker = self._start(k)
-        worker.receive(worker.send("reset", self._seeds[k]))
-        for actions in self._actions[k]:
-            worker.receive(worker.send("step", actions))
+        """Replace dead worker k by a new one in the dead one's exact state (reset + replayed actions); a
+        replacement that dies while replaying counts as another restart."""
+        while True:
+            if self.restarts >= self.max_restarts:
+                raise WorkerLostError(f"rollout worker {k} ({self.transport}, envs {self.bounds[k][0]}–"
+                                      f"{self.bounds[k][1] - 1}) died ({type(err).__name__}) after {self.restarts} "
+                                      f"restarts (runner.max_worker_restarts={self.max_restarts})") from None
+            self.restarts += 1
+            try:
+                self.workers[k].kill()
+            except Exception:  # noqa: BLE001 - it is already gone
+                pass
+            self.workers[k] = worker = self._start(k)
+            try:
+                worker.receive(worker.send("reset", self._seeds[k]))
+                for actions in self._actions[k]:
+                    worker.receive(worker.send("step", actions))
+                return
+            except worker.lost as again:
+                err = again
 
     def _call_all(self, method: str, payloads: list[tuple] | None = None) -> list[Any]:
         """Send every worker its call first (they run in parallel), then collect; a dead worker is restarted
