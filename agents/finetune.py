@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from agents.backends import attach_backend, check_backend
 from agents.cfgrl import CFGRLConfig, CFGRLLearner
 from agents.chain_pg import ChainPGLearner, CPSConfig, DDPOISConfig, DDPOSFConfig, GRPOConfig
 from agents.fpo import FPOConfig, FPOLearner
@@ -59,7 +60,10 @@ class FinetuneConfig:
 
 # what a resumed run may change: how long it runs, how it is evaluated and shown, not what it learns
 RESUMABLE_KEYS = ("runner.total_env_steps", "runner.eval_every", "runner.eval_episodes", "runner.checkpoint_every",
-                  "runner.progress", "torch_threads", "device")
+                  "runner.progress", "torch_threads", "device",
+                  # rollouts give the same numbers on every backend, so a run may resume on another one
+                  "runner.backend", "runner.num_workers", "runner.ray_address", "runner.worker_cpus",
+                  "runner.max_worker_restarts")
 
 
 def check_resume_settings(saved: dict, resumed: dict, run_dir) -> None:
@@ -98,6 +102,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     algo_cls, learner_cls = ALGORITHMS[cfg.algorithm]
     algo_cfg = from_dict(algo_cls, cfg.algo, prefix="algo")
     check_device(cfg.device)
+    check_backend(cfg.runner)
     run_dir = Path(cfg.out)
     if not resume:
         check_new_run_dir(run_dir, overwrite)
@@ -136,6 +141,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
                               "pretrained_metadata": metadata.get("pretrained_metadata") if continuing else metadata},
                     env_kwargs=cfg.env_kwargs, env_options=cfg.env_options)
     try:
+        attach_backend(learner, cfg.runner)  # runner.backend: where the envs step; the learner does not see it
         return runner.run(resume=continuing)
     finally:
         if getattr(learner, "envs", None) is not None:

@@ -38,12 +38,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from agents.backends import WorkerLostError
 from agents.state import load_training_state, save_training_state
 from envs.evaluation import evaluate_agent
 from envs.registry import get_task
@@ -108,6 +109,15 @@ class RunnerConfig:
     eval_episodes: int = param(10, "episodes per evaluation", ge=1)
     checkpoint_every: int = param(1, "iterations between checkpoints/last saves", ge=1)
     progress: bool = param(True, "show a progress bar")
+    backend: Literal["sync", "async", "ray"] = param(
+        "sync", "where rollout envs step: sync (in the learner), async (subprocess shards), ray (Ray actor shards); "
+                "same numbers on all three")
+    num_workers: int = param(2, "async/ray: rollout workers, each stepping a contiguous shard of the envs", ge=1)
+    ray_address: str = param("", "ray: address of an existing cluster to join (empty: RAY_ADDRESS, else a local one)")
+    worker_cpus: float = param(0.5, "ray: CPUs each rollout actor reserves (fractional, so actors never starve "
+                                    "each other or other work on the cluster)", ge=0)
+    max_worker_restarts: int = param(3, "async/ray: dead rollout workers restarted (shard replayed) per run before "
+                                        "the run stops", ge=0)
 
 
 class Learner(Protocol):
@@ -201,6 +211,10 @@ class Runner:
         self._saved_iteration = state["iteration"]
         try:
             return self._loop(state)
+        except WorkerLostError as err:  # a rollout worker kept dying: stop with one line naming where to resume
+            raise WorkerLostError(f"{err}; the last checkpoint is {last_checkpoint(self.run_dir)} (iteration "
+                                  f"{self._saved_iteration}); continue with: flowpolicy finetune --resume "
+                                  f"{self.run_dir}") from None
         except KeyboardInterrupt:
             raise RunInterrupted(f"interrupted; the last checkpoint is {last_checkpoint(self.run_dir)} (iteration "
                                  f"{self._saved_iteration}); continue with: flowpolicy finetune --resume "
