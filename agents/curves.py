@@ -129,6 +129,16 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, metric: st
               title: str | None = None, overwrite: bool = False) -> Path:
     """Draw the learning curves of the run directories ``paths`` (grouped, mean ± std over seeds) to a PNG and
     return its path. Needs matplotlib (the ``bench`` extra)."""
+    runs = expand_runs(paths)
+    metric = choose_metric(runs, metric)
+    groups = group_curves(runs, metric)
+    path = Path(out) if out else default_output(runs, metric)
+    return plot_groups(groups, path, metric, title, overwrite)
+
+
+def plot_groups(groups: dict[str, list[np.ndarray]], path: str | Path, metric: str, title: str | None = None,
+                overwrite: bool = False) -> Path:
+    """Draw label → [n, 2] curves (mean ± std band where a label has several) to the PNG ``path``."""
     try:
         import matplotlib
 
@@ -136,10 +146,7 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, metric: st
         import matplotlib.pyplot as plt
     except ImportError:
         raise CurveError("plotting needs matplotlib: pip install 'flowpolicy[bench]'") from None
-    runs = expand_runs(paths)
-    metric = choose_metric(runs, metric)
-    groups = group_curves(runs, metric)
-    path = Path(out) if out else default_output(runs, metric)
+    path = Path(path)
     if path.suffix.lower() != ".png":
         raise CurveError(f"--out {path}: must end in .png")
     if path.exists() and not overwrite:

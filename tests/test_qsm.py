@@ -285,3 +285,26 @@ def test_optimized_update_matches_the_straightforward_one(kind, tmp_path):
     assert torch.equal(lean, fast.policy.sample(cond, fast.sampler, fast.K, fast.generator).actions)
     for learner in learners:
         learner.envs.close()
+
+
+def test_multi_tensor_polyak_and_clipping_match_the_per_parameter_versions():
+    from torch import nn
+
+    from agents.critics import DoubleQ, clip_grad_norm, polyak_update
+
+    torch.manual_seed(0)
+    source, target = DoubleQ(5, 3, [16, 16]), DoubleQ(5, 3, [16, 16])
+    expected = copy.deepcopy(target)
+    polyak_update(source, target, 0.01)
+    with torch.no_grad():
+        for p, tp in zip(source.parameters(), expected.parameters(), strict=True):
+            tp.lerp_(p, 0.01)
+    assert all(torch.equal(a, b) for a, b in zip(target.parameters(), expected.parameters(), strict=True))
+    twin = copy.deepcopy(source)
+    q1, q2 = source(torch.randn(7, 5), torch.randn(7, 3))
+    ((q1 + q2).sum() * 100).backward()
+    for p, q in zip(source.parameters(), twin.parameters(), strict=True):
+        q.grad = p.grad.clone()
+    want = nn.utils.clip_grad_norm_(list(source.parameters()), 0.5)
+    assert torch.equal(clip_grad_norm(list(twin.parameters()), 0.5), want) and want > 0.5
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(source.parameters(), twin.parameters(), strict=True))
