@@ -40,7 +40,21 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 
 
 def polyak_update(source: nn.Module, target: nn.Module, tau: float) -> None:
-    """target ← (1 − τ)·target + τ·source."""
+    """target ← (1 − τ)·target + τ·source (one multi-tensor lerp: the numbers of a per-parameter ``lerp_``)."""
     with torch.no_grad():
-        for p, tp in zip(source.parameters(), target.parameters(), strict=True):
-            tp.lerp_(p, tau)
+        sources, targets = list(source.parameters()), list(target.parameters())
+        if len(sources) != len(targets):
+            raise ValueError(f"polyak_update: {len(sources)} source parameters, {len(targets)} target ones")
+        torch._foreach_lerp_(targets, sources, tau)
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``nn.utils.clip_grad_norm_(params, max_norm)`` for the parameters' gradients (same norm, same scaling)
+    with multi-tensor kernels: the total 2-norm of the per-tensor norms, gradients scaled by
+    min(1, max_norm/(norm + 1e-6)). Returns the total norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+    return total

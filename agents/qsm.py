@@ -57,9 +57,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch import nn
 
-from agents.critics import DoubleQ, polyak_update
+from agents.critics import DoubleQ, clip_grad_norm, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
 from agents.rollout import RolloutConfig, adopt_training_K, iteration_seed
 from agents.schedules import cosine_factor
@@ -114,14 +113,15 @@ ANCHORS = ("none", "replay", "reference")
 
 def qsm_actor_loss(policy: Policy, q_fn, cond: torch.Tensor, actions: torch.Tensor, alpha: float,
                    grad_at: str = "denoised", target_scale: str = "none", anchor: str = "none",
-                   reference: Policy | None = None, generator: torch.Generator | None = None
-                   ) -> tuple[torch.Tensor, float]:
+                   reference: Policy | None = None, generator: torch.Generator | None = None,
+                   return_tensor: bool = False) -> tuple[torch.Tensor, float | torch.Tensor]:
     """QSM's regression ``‖ε̂_θ(x_t, t, s) − (b − α·c_t·∇ₐQ(s, y))‖²`` for either model kind: ε̂ is the
     model's noise prediction (``x − t·v`` for a flow), x_t the replay ``actions`` noised at t ~ U(0, 1),
     y chosen by ``grad_at``, c_t by ``target_scale`` (1, σ_t, or s_t/σ_t), and the anchor b is 0 (``none``,
     the paper), the noise ε that made x_t (``replay``) or the frozen ``reference`` policy's ε̂(x_t).
     ``q_fn(cond, actions) -> [B]``; gradients reach the policy only (∇Q is a constant target). Returns the
-    loss and the mean ‖∇ₐQ‖ (a diagnostic for choosing α: the shift is α times it)."""
+    loss and the mean ‖∇ₐQ‖ (a diagnostic for choosing α: the shift is α times it; a 0-d tensor with
+    ``return_tensor``, which spares the learner's loop a device synchronization per step)."""
     if grad_at not in GRAD_AT:
         raise ValueError(f"grad_at must be one of {GRAD_AT}, got {grad_at!r}")
     if target_scale not in TARGET_SCALES:
@@ -152,7 +152,8 @@ def qsm_actor_loss(policy: Policy, q_fn, cond: torch.Tensor, actions: torch.Tens
     # snr: σ ≥ 0.05 keeps the shift finite at the data end, where ε̂ barely affects â anyway
     scale = {"none": 1.0, "noise": sigma, "snr": signal / sigma.clamp(min=0.05)}[target_scale]
     target = base - alpha * scale * grad_q
-    return (eps_hat - target).square().mean(), grad_q.norm(dim=-1).mean().item()
+    grad_norm = grad_q.norm(dim=-1).mean()
+    return (eps_hat - target).square().mean(), grad_norm if return_tensor else grad_norm.item()
 
 
 class QSMLearner:
@@ -171,6 +172,14 @@ class QSMLearner:
         pc = policy.config
         self.K = adopt_training_K(policy, config.K)
         self.sampler = policy.make_sampler(K=self.K)  # deterministic: ODE / DDIM η = 0
+        self._step_indices: dict[int, list[torch.Tensor]] = {}  # batch size → the K step-index tensors
+        with torch.no_grad():  # the critic's targets skip the sampler's noise draws: make sure there are none
+            probe = torch.zeros(1, pc.cond_dim, device=self.device)
+            std = self.sampler.transition(self.policy.model.model_fn(self.K), torch.zeros(1, pc.chunk_dim,
+                                          device=self.device), torch.zeros(1, dtype=torch.long, device=self.device),
+                                          self.K, probe)[1]
+            if bool(torch.as_tensor(std).ne(0).any()):
+                raise ValueError(f"QSM's default sampler must be deterministic, got {type(self.sampler).__name__}")
         self.critic = DoubleQ(pc.cond_dim, pc.chunk_dim, list(config.critic_hidden), config.critic_activation)
         self.critic = self.critic.to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -181,8 +190,11 @@ class QSMLearner:
         self.reference = None
         if config.anchor == "reference":
             self.reference = copy.deepcopy(reference or policy).to(self.device).eval().requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        # fused Adam: one kernel per step instead of a Python loop over parameters (same update rule; the
+        # float rounding of its arithmetic differs from the for-loop implementation in the last bit)
+        fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
+        self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr, **fused)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, **fused)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps,
                            options=env_options, **(env_kwargs or {}))
@@ -229,11 +241,27 @@ class QSMLearner:
         q1, q2 = self.critic(cond, actions)
         return (q1 + q2) / 2
 
+    def deterministic_actions(self, cond: torch.Tensor) -> torch.Tensor:
+        """x_K of the learner's deterministic sampler from x_0 ~ N(0, I): the numbers (and generator draws) of
+        ``policy.sample(cond, sampler, K, generator).actions``, without building the chain and its zero
+        log-probs (the critic's targets need only the action)."""
+        B = cond.shape[0]
+        x = torch.randn((B, self.policy.config.chunk_dim), generator=self.generator, device=cond.device,
+                        dtype=cond.dtype)
+        steps = self._step_indices.get(B)
+        if steps is None:
+            steps = self._step_indices[B] = [torch.full((B,), k, dtype=torch.long, device=cond.device)
+                                             for k in range(self.K)]
+        model_fn = self.policy.model.model_fn(self.K)
+        for k in steps:
+            x = self.sampler.transition(model_fn, x, k, self.K, cond)[0]  # std 0: checked in __init__
+        return x
+
     @torch.no_grad()
     def critic_targets(self, batch: dict) -> torch.Tensor:
         """TD3's target y = r + γ·(1 − terminated)·min(Q'₁, Q'₂)(s', a'), a' = sampler(s') + clipped noise."""
         c = self.cfg
-        next_actions = self.policy.sample(batch["next_cond"], self.sampler, self.K, self.generator).actions
+        next_actions = self.deterministic_actions(batch["next_cond"])
         smoothing = c.target_noise * torch.randn(next_actions.shape, generator=self.generator, device=self.device)
         next_actions = (next_actions + smoothing.clamp(-c.target_noise_clip, c.target_noise_clip)).clamp(-1.0, 1.0)
         next_q = torch.minimum(*self.critic_target(batch["next_cond"], next_actions))
@@ -245,8 +273,8 @@ class QSMLearner:
                                                                           c.actor_lr_min_fraction)
         n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.decisions_per_env)))
         actor_active = iteration >= c.critic_warmup_iterations
-        stats: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "bc_loss": [], "q": [],
-                                         "q_grad_norm": []}
+        stats: dict[str, list] = {"critic_loss": [], "actor_loss": [], "bc_loss": [], "q": [], "q_grad_norm": []}
+        critic_params, policy_params = list(self.critic.parameters()), list(self.policy.parameters())
         for _ in range(n_updates):
             batch = self.replay.sample(c.batch_size, self.generator)
             target = self.critic_targets(batch)
@@ -254,30 +282,31 @@ class QSMLearner:
             critic_loss = (q1 - target).square().mean() + (q2 - target).square().mean()
             self.critic_opt.zero_grad(set_to_none=True)
             critic_loss.backward()
-            nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
+            clip_grad_norm(critic_params, c.max_grad_norm)
             self.critic_opt.step()
-            stats["critic_loss"].append(critic_loss.item())
-            stats["q"].append(q1.mean().item())
+            stats["critic_loss"].append(critic_loss.detach())  # tensors: one conversion after the loop
+            stats["q"].append(q1.detach().mean())
 
             if actor_active:
                 self.critic.requires_grad_(False)
                 actor_loss, grad_norm = qsm_actor_loss(
                     self.policy, self.q_mean, batch["cond"], batch["actions"], c.q_grad_coeff, c.grad_at,
-                    c.target_scale, c.anchor, self.reference, self.generator)
+                    c.target_scale, c.anchor, self.reference, self.generator, return_tensor=True)
                 self.critic.requires_grad_(True)
                 if self.demos is not None:
                     demo = self.demos.sample(c.batch_size, self.generator)
                     bc_loss = self.policy.bc_loss(demo["cond"], demo["actions"], self.generator)
                     actor_loss = actor_loss + c.bc_coeff * bc_loss
-                    stats["bc_loss"].append(bc_loss.item())
+                    stats["bc_loss"].append(bc_loss.detach())
                 self.actor_opt.zero_grad(set_to_none=True)
                 actor_loss.backward()
-                nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+                clip_grad_norm(policy_params, c.max_grad_norm)
                 self.actor_opt.step()
-                stats["actor_loss"].append(actor_loss.item())  # the QSM term plus c.bc_coeff × bc_loss
+                stats["actor_loss"].append(actor_loss.detach())  # the QSM term plus c.bc_coeff × bc_loss
                 stats["q_grad_norm"].append(grad_norm)
 
             polyak_update(self.critic, self.critic_target, c.tau)
+        stats = {k: torch.stack(v).double().cpu().tolist() if v else [] for k, v in stats.items()}
         actor_iterations = iteration + 1 - c.critic_warmup_iterations
         if self.reference is not None and c.reference_update_every and actor_iterations > 0 \
                 and actor_iterations % c.reference_update_every == 0:

@@ -8,7 +8,8 @@ the last deterministic evaluation at or before the budget ("—" where a run did
 wall time to the largest budget every seed reached (runs share a 2-core machine: see each method's page), and
 how fast a method gets good: the median over seeds of the env steps of the first evaluation scoring at least
 ``--reach`` (90), with how many seeds got there. Writes docs/results/methods_<task>.md and a combined plot
-docs/results/methods_<task>.png.
+docs/results/methods_<task>.png. ``benchmarks/results.py`` builds every task's table (and docs/RESULTS.md) with
+the same functions, from run directories where they exist.
 """
 
 from __future__ import annotations
@@ -62,24 +63,14 @@ def steps_to_reach(curves: dict[str, dict], level: float) -> str:
     return f"{median / 1000:.0f}k ({reached}/{len(firsts)})" if np.isfinite(median) else f"— ({reached}/{len(firsts)})"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[100_000, 300_000, 500_000, 1_000_000, 2_000_000])
-    parser.add_argument("--reach", type=float, default=90.0, help="score level for the 'steps to reach' column")
-    args = parser.parse_args()
+def table_lines(all_curves: dict[str, dict], budgets: list[int], reach: float = 90.0) -> list[str]:
+    """The markdown table of every method (label → per-seed curves as :func:`load_curves` returns them)."""
     header = "| method | seeds | BC start | " + " | ".join(f"{b / 1e6:g}M" if b >= 1e6 else f"{b // 1000}k"
-                                                         for b in args.budgets) + \
-        f" | wall time | steps to ≥ {args.reach:g} |"
-    lines = [header, "|" + "---|" * (5 + len(args.budgets))]
-    all_curves = {}
-    for label, stems in METHODS.items():
-        curves = load_curves(stems, args.task)
-        if not curves:
-            continue
-        all_curves[label] = curves
+                                                         for b in budgets) + f" | wall time | steps to ≥ {reach:g} |"
+    lines = [header, "|" + "---|" * (5 + len(budgets))]
+    for label, curves in all_curves.items():
         cells, wall = [], "—"
-        for budget in [0, *args.budgets]:
+        for budget in [0, *budgets]:
             values = [v for v in (score_at(c, budget) if budget else c["score"][0] for c in curves.values())
                       if v is not None]
             complete = len(values) == len(curves)
@@ -88,20 +79,20 @@ def main() -> None:
                 walls = [c["wall_s"][[i for i, s in enumerate(c["steps"]) if s <= budget][-1]] for c in curves.values()]
                 wall = f"{np.mean(walls):.0f} s to {budget / 1e6:g}M" if budget >= 1e6 else \
                     f"{np.mean(walls):.0f} s to {budget // 1000}k"
-        cells += [wall, steps_to_reach(curves, args.reach)]
+        cells += [wall, steps_to_reach(curves, reach)]
         lines.append(f"| {label} | {len(curves)} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    (RESULTS / f"methods_{args.task}.md").write_text(
-        f"Normalized score (mean ± std over seeds) at equal env steps, {args.task}. "
-        f"`python benchmarks/compare_methods.py --task {args.task}`\n\n{table}\n")
+    return lines
+
+
+def plot_methods(all_curves: dict[str, dict], task: str, path: Path) -> bool:
+    """Every method's mean and range over seeds in one figure; False when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return
+        return False
     fig, ax = plt.subplots(figsize=(11, 5))
     colors = plt.get_cmap("tab20").colors  # more methods than tab10 has colours
     for (label, curves), color in zip(all_curves.items(), colors, strict=False):
@@ -112,11 +103,28 @@ def main() -> None:
     ax.axhline(100, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("env steps (millions)")
     ax.set_ylabel("normalized score (SAC expert = 100)")
-    ax.set_title(f"{args.task}: mean and range over seeds (number of seeds in the legend)")
+    ax.set_title(f"{task}: mean and range over seeds (number of seeds in the legend)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(RESULTS / f"methods_{args.task}.png", dpi=120)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[100_000, 300_000, 500_000, 1_000_000, 2_000_000])
+    parser.add_argument("--reach", type=float, default=90.0, help="score level for the 'steps to reach' column")
+    args = parser.parse_args()
+    all_curves = {label: curves for label, stems in METHODS.items() if (curves := load_curves(stems, args.task))}
+    table = "\n".join(table_lines(all_curves, args.budgets, args.reach))
+    print(table)
+    (RESULTS / f"methods_{args.task}.md").write_text(
+        f"Normalized score (mean ± std over seeds) at equal env steps, {args.task}. "
+        f"`python benchmarks/compare_methods.py --task {args.task}`\n\n{table}\n")
+    plot_methods(all_curves, args.task, RESULTS / f"methods_{args.task}.png")
 
 
 if __name__ == "__main__":

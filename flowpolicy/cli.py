@@ -318,6 +318,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Learning curves of run directories as a PNG: success rate, normalized score or return against env
+    steps, several runs overlaid; the seeds of one benchmark (runs/bench/NAME/seed*) are drawn as mean ± std.
+    Writes next to the runs (RUN_DIR_<metric>.png) unless --out is given; needs matplotlib (flowpolicy[bench])."""
+    from agents.curves import CurveError, plot_runs
+
+    try:
+        path = plot_runs(args.run_dirs, out=args.out, metric=args.metric, title=args.title, overwrite=args.overwrite)
+    except CurveError as err:
+        raise CLIError(str(err)) from None
+    print(f"wrote {path}")
+    return 0
+
+
 class CLIError(RuntimeError):
     """A user-facing error of a command line invocation."""
 
@@ -426,6 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "return_mean, return_std, return_sem, returns, lengths, normalized_score (registered tasks), "
                     "success_rate (envs that report success), ...")
     ev.set_defaults(func=cmd_evaluate)
+
+    pl = sub.add_parser("plot", help="learning curves of run directories as a PNG", description=cmd_plot.__doc__)
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="run directories of `flowpolicy finetune` (or a directory of them, e.g. runs/bench/NAME)")
+    pl.add_argument("--metric", default="auto",
+                    choices=["auto", "success_rate", "normalized_score", "return", "episodic_return"],
+                    help="auto (default): success rate where logged, else normalized score, else evaluation return")
+    pl.add_argument("--out", default=None, help="PNG path (default: next to the run directory)")
+    pl.add_argument("--title", default=None, help="plot title")
+    pl.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
+    pl.set_defaults(func=cmd_plot)
     return parser
 
 

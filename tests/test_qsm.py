@@ -1,5 +1,7 @@
 """QSM: the actor loss on an analytic bandit, the critic's TD target, the replay buffer, and a short run."""
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -189,3 +191,120 @@ def test_bc_coeff_needs_the_demonstrations(reach_policy):
     with pytest.raises(ValueError, match="bc_coeff > 0 needs a dataset"):
         QSMLearner(load_policy(reach_policy)[0], "ReachTest-v0",
                    QSMConfig(num_envs=2, decisions_per_env=4, bc_coeff=0.5), 1)
+
+
+def reference_update(learner: QSMLearner, iteration: int) -> dict:
+    """The learner's update written the straightforward way (the code before its throughput work):
+    the full sampler chain for targets, per-parameter Polyak and gradient clipping, ``.item()`` per step."""
+    from torch import nn
+
+    c = learner.cfg
+    n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.decisions_per_env)))
+    stats = {"critic_loss": [], "actor_loss": [], "q": []}
+    for _ in range(n_updates):
+        batch = learner.replay.sample(c.batch_size, learner.generator)
+        with torch.no_grad():
+            next_actions = learner.policy.sample(batch["next_cond"], learner.sampler, learner.K,
+                                                 learner.generator).actions
+            smoothing = c.target_noise * torch.randn(next_actions.shape, generator=learner.generator)
+            next_actions = (next_actions + smoothing.clamp(-c.target_noise_clip, c.target_noise_clip)).clamp(-1, 1)
+            next_q = torch.minimum(*learner.critic_target(batch["next_cond"], next_actions))
+            target = td_target(batch["rewards"], batch["terminated"], next_q, c.gamma)
+        q1, q2 = learner.critic(batch["cond"], batch["actions"])
+        critic_loss = (q1 - target).square().mean() + (q2 - target).square().mean()
+        learner.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        nn.utils.clip_grad_norm_(learner.critic.parameters(), c.max_grad_norm)
+        learner.critic_opt.step()
+        stats["critic_loss"].append(critic_loss.item())
+        stats["q"].append(q1.mean().item())
+        if iteration >= c.critic_warmup_iterations:
+            learner.critic.requires_grad_(False)
+            actor_loss, _ = qsm_actor_loss(learner.policy, learner.q_mean, batch["cond"], batch["actions"],
+                                           c.q_grad_coeff, c.grad_at, c.target_scale, c.anchor, learner.reference,
+                                           learner.generator)
+            learner.critic.requires_grad_(True)
+            if learner.demos is not None:
+                demo = learner.demos.sample(c.batch_size, learner.generator)
+                actor_loss = actor_loss + c.bc_coeff * learner.policy.bc_loss(demo["cond"], demo["actions"],
+                                                                              learner.generator)
+            learner.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            nn.utils.clip_grad_norm_(learner.policy.parameters(), c.max_grad_norm)
+            learner.actor_opt.step()
+            stats["actor_loss"].append(actor_loss.item())
+        with torch.no_grad():
+            for p, tp in zip(learner.critic.parameters(), learner.critic_target.parameters(), strict=True):
+                tp.lerp_(p, c.tau)
+    return {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if k != "q" and v} | \
+        {"charts/q_mean": float(np.mean(stats["q"]))}
+
+
+@pytest.mark.parametrize("kind", ["flow", "diffusion"])
+def test_optimized_update_matches_the_straightforward_one(kind, tmp_path):
+    """Golden test of the throughput work: two learners from the same seed, one updated by ``update`` and one
+    by :func:`reference_update` with plain (for-loop) Adam, give the same networks and losses after two
+    iterations (the BC term and the reference anchor included); only float rounding of fused Adam differs."""
+    from agents.replay import ReplayBuffer as Replay
+    from flowpolicy.checkpoint import save_policy
+
+    torch.manual_seed(0)
+    path = save_policy(Policy(PolicyConfig(kind=kind, obs_dim=2, action_dim=2, horizon=1, num_steps=3,
+                                           network=NetworkConfig(hidden=[32, 32]))), tmp_path / "p",
+                       metadata={"env_id": "ReachTest-v0"})
+    config = QSMConfig(num_envs=2, decisions_per_env=16, critic_hidden=[32, 32], batch_size=32,
+                       updates_per_decision=0.25, critic_warmup_iterations=1, tau=0.05, q_grad_coeff=0.5,
+                       actor_lr=1e-3, bc_coeff=0.0)
+    learners = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        learner = QSMLearner(load_policy(path)[0], "ReachTest-v0", config, total_iterations=4, seed=3)
+        learner.collect(0)
+        learner.demos = Replay(64, 2, 2)  # a BC term on a fixed set of "demonstrations"
+        learner.demos.add(learner.replay.cond[:64], learner.replay.actions[:64], learner.replay.rewards[:64],
+                          learner.replay.next_cond[:64], learner.replay.terminated[:64])
+        learner.cfg = copy.copy(config)
+        learner.cfg.bc_coeff = 0.5
+        learners.append(learner)
+    fast, slow = learners
+    slow.actor_opt = torch.optim.Adam(slow.policy.parameters(), lr=config.actor_lr, foreach=False)
+    slow.critic_opt = torch.optim.Adam(slow.critic.parameters(), lr=config.critic_lr, foreach=False)
+    for iteration in (0, 1):  # critic only, then critic and actor
+        got, want = fast.update(iteration), reference_update(slow, iteration)
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (iteration, key)
+    assert fast.generator.get_state().equal(slow.generator.get_state())  # the same random draws, in order
+    for name in ("policy", "critic", "critic_target"):
+        for (pname, a), (_, b) in zip(getattr(fast, name).state_dict().items(),
+                                      getattr(slow, name).state_dict().items(), strict=True):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), f"{name}.{pname}"
+    cond = torch.randn(8, 2)
+    fast.generator.manual_seed(7)
+    lean = fast.deterministic_actions(cond)
+    fast.generator.manual_seed(7)
+    assert torch.equal(lean, fast.policy.sample(cond, fast.sampler, fast.K, fast.generator).actions)
+    for learner in learners:
+        learner.envs.close()
+
+
+def test_multi_tensor_polyak_and_clipping_match_the_per_parameter_versions():
+    from torch import nn
+
+    from agents.critics import DoubleQ, clip_grad_norm, polyak_update
+
+    torch.manual_seed(0)
+    source, target = DoubleQ(5, 3, [16, 16]), DoubleQ(5, 3, [16, 16])
+    expected = copy.deepcopy(target)
+    polyak_update(source, target, 0.01)
+    with torch.no_grad():
+        for p, tp in zip(source.parameters(), expected.parameters(), strict=True):
+            tp.lerp_(p, 0.01)
+    assert all(torch.equal(a, b) for a, b in zip(target.parameters(), expected.parameters(), strict=True))
+    twin = copy.deepcopy(source)
+    q1, q2 = source(torch.randn(7, 5), torch.randn(7, 3))
+    ((q1 + q2).sum() * 100).backward()
+    for p, q in zip(source.parameters(), twin.parameters(), strict=True):
+        q.grad = p.grad.clone()
+    want = nn.utils.clip_grad_norm_(list(source.parameters()), 0.5)
+    assert torch.equal(clip_grad_norm(list(twin.parameters()), 0.5), want) and want > 0.5
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(source.parameters(), twin.parameters(), strict=True))

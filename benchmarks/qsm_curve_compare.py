@@ -1,0 +1,68 @@
+"""Learning curves of QSM before and after its throughput work: same config, same seeds.
+
+    python benchmarks/qsm_curve_compare.py --before RUN_DIR [RUN_DIR ...] --after RUN_DIR [RUN_DIR ...] \
+        --name qsm_throughput_curves
+
+Each RUN_DIR is one seed's run of ``configs/hopper/qsm.yaml`` (made with benchmarks/bench_finetune.py from a
+checkout of the code before, and of the code after). Writes docs/results/<name>.json (per seed and evaluation:
+env steps, normalized score, wall time; the per-seed difference after − before) and docs/results/<name>.png
+(mean ± std of each arm, via ``flowpolicy plot``'s drawing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agents.curves import plot_groups, read_metric
+from agents.runner import read_scalars
+
+
+def arm(runs: list[str]) -> dict:
+    out = {}
+    for run in runs:
+        seed = json.loads((Path(run) / "config.json").read_text())["seed"]
+        score = read_metric(Path(run), "normalized_score")
+        wall = dict(read_scalars(run, "eval/wall_s").tolist())
+        out[str(seed)] = {"run": str(run), "steps": score[:, 0].astype(int).tolist(), "normalized_score":
+                          score[:, 1].tolist(), "wall_s": [wall.get(s, 0.0) for s in score[:, 0]]}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", nargs="+", required=True)
+    parser.add_argument("--after", nargs="+", required=True)
+    parser.add_argument("--name", default="qsm_throughput_curves")
+    parser.add_argument("--out-dir", default="docs/results")
+    args = parser.parse_args()
+    before, after = arm(args.before), arm(args.after)
+    result = {"before": before, "after": after, "per_seed": {}}
+    for seed in sorted(set(before) & set(after)):
+        b, a = before[seed], after[seed]
+        n = min(len(b["steps"]), len(a["steps"]))
+        diff = np.array(a["normalized_score"][:n]) - np.array(b["normalized_score"][:n])
+        result["per_seed"][seed] = {"steps_before": b["steps"][:n], "steps_after": a["steps"][:n],
+                                    "difference": diff.round(2).tolist(),
+                                    "final_before": b["normalized_score"][-1], "final_after": a["normalized_score"][-1],
+                                    "wall_before_s": b["wall_s"][-1], "wall_after_s": a["wall_s"][-1]}
+        print(f"seed {seed}: before {np.round(b['normalized_score'], 1).tolist()}\n"
+              f"        after  {np.round(a['normalized_score'], 1).tolist()}\n"
+              f"        max |after − before| {np.abs(diff).max():.1f}; final {b['normalized_score'][-1]:.1f} → "
+              f"{a['normalized_score'][-1]:.1f}; wall {b['wall_s'][-1]:.0f} s → {a['wall_s'][-1]:.0f} s")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    groups = {label: [np.array([c["steps"], c["normalized_score"]]).T for c in data.values()]
+              for label, data in (("before (straightforward update)", before), ("after (same math, less overhead)",
+                                                                               after))}
+    plot_groups(groups, out / f"{args.name}.png", "normalized_score",
+                title="QSM, Hopper, configs/hopper/qsm.yaml: mean ± std over the same seeds", overwrite=True)
+    print(f"wrote {out / args.name}.json and .png")
+
+
+if __name__ == "__main__":
+    main()

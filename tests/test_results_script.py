@@ -1,0 +1,58 @@
+"""benchmarks/results.py: cells from recorded results and run directories; --dry-run lists what is missing,
+with its command and an expected wall time, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import results
+
+
+def write_run(run_dir, budget: int, finished: bool = True) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir))
+    for i, step in enumerate(range(0, budget + 1, budget // 4)):
+        writer.add_scalar("eval/return", 1000.0 + 100 * i, step)
+        writer.add_scalar("eval/normalized_score", 30.0 + 20 * i, step)
+        writer.add_scalar("eval/wall_s", 10.0 * i, step)
+        if step:
+            writer.add_scalar("perf/update_s", 1.0, step)
+    writer.close()
+    if finished:
+        (run_dir / "summary.json").write_text(json.dumps({"env_steps": budget}))
+
+
+def test_dry_run_lists_missing_cells_with_commands_and_times(tmp_path, capsys):
+    before = {p: p.stat().st_mtime for p in results.RESULTS.iterdir()}
+    assert results.main(["--dry-run", "--tasks", "hopper", "ant", "--runs", str(tmp_path / "none"),
+                         "--out", str(tmp_path / "R.md")]) == 0
+    out = capsys.readouterr().out
+    assert "recorded  reinflow_hopper_2m" in out  # the published curves are the recorded baseline
+    assert "missing   reinflow_ant_2m" in out
+    plan = out.split("would run:")[1]
+    assert "ant · ReinFlow [missing]: 6,000,000 env steps, ≈" in plan and "from reinflow on hopper" in plan
+    assert ("python benchmarks/bench_finetune.py --config configs/ant/reinflow.yaml --seeds 0 1 2 --budgets 2000000 "
+            "--name reinflow_ant_2m") in plan
+    assert "hopper ·" not in plan  # recorded cells are not re-run unless --rerun
+    assert not (tmp_path / "R.md").exists()
+    assert {p: p.stat().st_mtime for p in results.RESULTS.iterdir()} == before
+
+
+def test_cells_from_run_directories(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        write_run(runs / "reinflow_ant_2m" / f"seed{seed}", 2_000_000)
+    write_run(runs / "reinflow_halfcheetah_2m" / "seed0", 2_000_000, finished=False)
+    cells = {c.stem: c for c in results.discover_cells(["ant", "halfcheetah"], runs)}
+    ant, cheetah = cells["reinflow_ant_2m"], cells["reinflow_halfcheetah_2m"]
+    assert ant.status == "runs" and cheetah.status == "partial"
+    assert cheetah.done_steps == {0: 2_000_000} and cheetah.remaining_steps() == 4_000_000
+    results.rebuild_from_runs(ant, runs, write=False)
+    assert set(ant.curves) == {"0", "1", "2"} and ant.curves["0"]["score"][-1] == 110.0
+    monkeypatch.setattr(results, "RESULTS", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    results.write_results_md(list(cells.values()), ["ant", "halfcheetah"], tmp_path / "R.md", plots=False)
+    text = (tmp_path / "R.md").read_text()
+    assert "| ReinFlow | 3 | 30.0 ± 0.0 |" in text and "runs/bench/reinflow_ant_2m" in text
+    assert "partial runs" in text and "## Missing cells" in text
