@@ -203,7 +203,25 @@ def cmd_collect(args: argparse.Namespace) -> int:
     --demonstrator scripted (the robomimic tasks RobomimicLift-v0, RobomimicCan-v0, RobomimicSquare-v0):
     our scripted demonstrators record EPISODES successful demonstrations (failures are dropped, as in
     robomimic's datasets; at most 3 x EPISODES attempts) into OUT/<task>-scripted.hdf5 (or
-    OUT/DATASET_ID.hdf5) in robomimic's layout, with mask/train and mask/valid filter keys."""
+    OUT/DATASET_ID.hdf5) in robomimic's layout, with mask/train and mask/valid filter keys.
+
+    --demonstrator oracle (OCBench CPU tasks, e.g. block-cpu-lite-single-task1-v0): OCBench's own scripted
+    oracles (ocbench.oracles, human-like speed profiles and mistakes) record EPISODES successful episodes
+    (--keep-failures keeps failed ones too; at most 3 x EPISODES attempts) as the Minari dataset
+    OUT/DATASET_ID (default ocbench/<task>-oracle-v0) with the success criterion info['success'] and the
+    oracle's success rate in its metadata."""
+    if args.demonstrator == "oracle":
+        from pretrain.oracle import collect_oracle
+
+        result = collect_oracle(args.env, args.out, episodes=args.episodes, seed=args.seed,
+                                keep_failures=args.keep_failures, dataset_id=args.dataset_id,
+                                overwrite=args.overwrite)
+        print(f"{result.dataset_dir}: {result.episodes} oracle demonstrations, {result.env_steps} env steps "
+              f"(mean length {result.length_mean:.0f}); oracle success {result.successes}/{result.attempts} "
+              f"= {result.success_rate:.2f}; {result.wall_s:.0f} s")
+        return 0
+    if args.keep_failures:
+        raise CLIError("--keep-failures applies to --demonstrator oracle only")
     if args.demonstrator == "scripted":
         from pretrain.scripted import collect_scripted
 
@@ -361,9 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--quality", choices=["medium", "expert"], default="medium", help="default medium")
     co.add_argument("--episodes", type=int, default=50, help="episodes to record, >= 1 (default 50)")
     co.add_argument("--seed", type=int, default=0, help="episode i is reset with SEED+i, >= 0 (default 0)")
-    co.add_argument("--demonstrator", choices=["sac", "scripted"], default="sac",
-                    help="who demonstrates: a SAC expert (default; writes a Minari dataset) or our scripted "
-                         "demonstrator for the robomimic tasks (Robomimic*-v0; writes a robomimic .hdf5)")
+    co.add_argument("--demonstrator", choices=["sac", "scripted", "oracle"], default="sac",
+                    help="who demonstrates: a SAC expert (default; writes a Minari dataset), our scripted "
+                         "demonstrator for the robomimic tasks (Robomimic*-v0; writes a robomimic .hdf5) or "
+                         "OCBench's scripted oracle for OCBench CPU tasks (writes a Minari dataset "
+                         "ocbench/<task>-oracle-v0)")
+    co.add_argument("--keep-failures", action="store_true",
+                    help="with --demonstrator oracle: keep the oracle's failed episodes too (default: successful "
+                         "ones only)")
     co.add_argument("--dataset-id", default=None,
                     help="Minari id of the dataset (default flowpolicy/<task>-<quality>-v0, e.g. "
                          "flowpolicy/hopper-medium-v0); with --demonstrator scripted the file name without "

@@ -1,0 +1,94 @@
+"""``flowpolicy collect --demonstrator oracle``: OCBench demonstrations by the package's own scripted oracles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ocbench.oracles", reason="ocbench not installed (pip install 'flowpolicy[manipulation]')")
+
+from envs.registry import make_gym_env  # noqa: E402
+from flowpolicy.cli import main as cli_main  # noqa: E402
+from pretrain.datasets import load_minari_dataset  # noqa: E402
+from pretrain.oracle import (  # noqa: E402
+    SUCCESS_CRITERION,
+    default_dataset_id,
+    make_oracle,
+    oracle_family,
+    run_oracle_episode,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+LITE = "block-cpu-lite-single-task1-v0"
+
+
+def test_oracle_family_and_dataset_id():
+    assert oracle_family(LITE) == "block" and oracle_family("chamber-cpu-easy-task2-v0") == "chamber"
+    assert oracle_family("Hopper-v5") is None and oracle_family("visual-block-cpu-single-task1-v0") is None
+    assert default_dataset_id(LITE) == "ocbench/block-cpu-lite-single-task1-oracle-v0"
+
+
+def test_oracle_episode_is_reproducible_and_succeeds():
+    env = make_gym_env(LITE)
+    try:
+        oracle = make_oracle(env, "block")
+        first, again = run_oracle_episode(env, oracle, 3), run_oracle_episode(env, oracle, 3)
+    finally:
+        env.close()
+    assert first.success and first.episode.terminated and first.episode.length < 200
+    assert first.episode.observations.shape[1] == 28 and first.episode.actions.shape[1] == 7
+    assert (first.episode.actions == again.episode.actions).all()
+
+
+@pytest.mark.parametrize("env_id, extra, message", [
+    ("Hopper-v5", [], "'Hopper-v5' is not an OCBench CPU task"),
+    (LITE, ["--episodes", "0"], "episodes must be an integer >= 1"),
+    (LITE, ["--dataset-id", "ns/a.b-v0"], "not '.'"),
+])
+def test_oracle_collect_errors_are_one_line(tmp_path, capsys, env_id, extra, message):
+    out = tmp_path / "data"
+    assert cli_main(["collect", "--env", env_id, "--demonstrator", "oracle", "--out", str(out), *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("flowpolicy collect: error: ") and message in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_keep_failures_needs_the_oracle(tmp_path, capsys):
+    assert cli_main(["collect", "--env", LITE, "--keep-failures", "--out", str(tmp_path / "d")]) == 1
+    assert "--keep-failures applies to --demonstrator oracle only" in capsys.readouterr().err
+
+
+def test_help_documents_the_oracle():
+    out = subprocess.run([sys.executable, "-m", "flowpolicy.cli", "collect", "--help"], capture_output=True,
+                         text=True, cwd=REPO)
+    assert out.returncode == 0
+    for text in ("oracle", "--keep-failures", "ocbench/<task>-oracle-v0", "ocbench.oracles"):
+        assert text in out.stdout, text
+
+
+def test_oracle_collect_pretrain_evaluate(tmp_path):
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "flowpolicy.cli", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    out = run("collect", "--env", LITE, "--demonstrator", "oracle", "--out", str(tmp_path), "--episodes", "2")
+    assert "2 oracle demonstrations" in out and "oracle success 2/" in out
+    path = tmp_path / default_dataset_id(LITE)
+    episodes, info = load_minari_dataset(path)
+    assert len(episodes) == 2 and all(ep.terminated and ep.rewards[-1] == 1 for ep in episodes)
+    assert info["env_id"] == LITE and info["seeds"] == [0, 1] and info["demonstrator"] == "oracle"
+    assert info["episode_success"] == [True, True] and 0 < info["oracle_success_rate"] <= 1
+    metadata = json.loads((path / "data" / "metadata.json").read_text())
+    assert metadata["success_criterion"] == SUCCESS_CRITERION
+    run("pretrain", "--config", str(REPO / "configs/hopper/pretrain.yaml"), f"env_id={LITE}", f"dataset={path}",
+        f"out={tmp_path / 'bc'}", "train.steps=10", "train.warmup_steps=2", "train.eval_every=0",
+        "train.eval_episodes=0", "train.checkpoint_every=0", "train.val_every=10", "torch_threads=1")
+    result = json.loads(run("evaluate", "--checkpoint", str(tmp_path / "bc" / "policy"), "--episodes", "1", "--json"))
+    assert result["env"] == LITE and result["episodes"] == 1 and "success_rate" in result
+    assert 0.0 <= result["success_rate"] <= 1.0
