@@ -111,4 +111,8 @@ def test_shipped_configs_are_valid():
 
     for path in Path("configs").glob("*/pretrain.yaml"):
         cfg = load_config(PretrainConfig, path)
-        assert cfg.policy["kind"] == "flow" and cfg.policy["horizon"] == 4 and cfg.policy["num_steps"] == 4
+        # locomotion: chunk 4, all executed; robomimic (Lift, Can): chunk 8, 4 executed per decision
+        horizon, act_steps = (8, 4) if cfg.env_id.startswith("Robomimic") else (4, 4)
+        assert cfg.policy["kind"] == "flow" and cfg.policy["num_steps"] == 4, path
+        assert (cfg.policy["horizon"], cfg.policy["act_steps"]) == (horizon, act_steps), path
+        assert Path(cfg.dataset).exists() or not cfg.env_id.startswith("Robomimic"), path
