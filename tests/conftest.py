@@ -86,6 +86,27 @@ class ReachEnv(gym.Env):
 gym.register("ReachTest-v0", entry_point=ReachEnv, max_episode_steps=8)
 
 
+class CounterEnv(gym.Env):
+    """Observation = the step index, reward 1; terminates after ``length`` steps, never when ``length`` is None
+    (registered with a TimeLimit, it is SB3's InfiniteHorizonEnv: every episode end is a truncation)."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, length: int | None = None):
+        self.length = length
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = self.length is not None and self.t >= self.length
+        return np.array([float(self.t)], np.float32), 1.0, terminated, False, {}
+
+
 @pytest.fixture(scope="module")
 def reach_policy(tmp_path_factory):
     torch.manual_seed(0)

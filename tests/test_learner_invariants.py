@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import CounterEnv
 
 import agents.runner
 from agents.finetune import FinetuneConfig, finetune
@@ -49,26 +50,7 @@ def test_a_run_evaluates_and_saves_the_K_it_trains_with(algorithm, reach_policy,
     assert load_agent(out / "policy").K == 3
 
 
-class CounterEnv(gym.Env):
-    """Observation = the step index; terminates after ``length`` steps."""
-
-    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-
-    def __init__(self, length: int = 10):
-        self.length = length
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.array([0.0], np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        return np.array([float(self.t)], np.float32), 1.0, self.t >= self.length, False, {}
-
-
-gym.register("CounterTest-v0", entry_point=CounterEnv)
+gym.register("CounterTest-v0", entry_point=CounterEnv, kwargs={"length": 10})
 
 
 @pytest.mark.parametrize("n_obs_steps", [1, 2, 3])
@@ -103,15 +85,7 @@ def test_demonstration_histories_are_the_ones_the_env_gives(n_obs_steps, H, T, m
 
 
 # -- bootstrapping from the true final observation ------------------------------------------------
-class StepIndexEnv(CounterEnv):
-    """Observation = the step index, reward 1, never terminates; a TimeLimit of 3 truncates it."""
-
-    def step(self, action):
-        obs, reward, _, truncated, info = super().step(action)
-        return obs, reward, False, truncated, info
-
-
-gym.register("StepIndexTest-v0", entry_point=StepIndexEnv, max_episode_steps=3)
+gym.register("StepIndexTest-v0", entry_point=CounterEnv, max_episode_steps=3)  # truncated at 3, never terminates
 GAMMA, LAMBDA = 0.5, 0.5
 
 

@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import full_and_resumed_runs
+from conftest import CounterEnv, full_and_resumed_runs
 
 from agents.buffers import RolloutBuffer, compute_gae
 from agents.finetune import FinetuneConfig, finetune
@@ -61,23 +61,8 @@ def test_gae_matches_a_hand_computed_lambda_return():
     torch.testing.assert_close(adv[:, 0], torch.tensor(expected))
 
 
-class ForeverEnv(gym.Env):
-    """Reward 1 every step, never terminates; a TimeLimit of 4 truncates it (SB3's InfiniteHorizonEnv idea)."""
-
-    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.array([0.0], np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        return np.array([float(self.t)], np.float32), 1.0, False, False, {}
-
-
-gym.register("ForeverTest-v0", entry_point=ForeverEnv, max_episode_steps=4)
+# reward 1 every step, never terminates; a TimeLimit of 4 truncates it (SB3's InfiniteHorizonEnv idea)
+gym.register("ForeverTest-v0", entry_point=CounterEnv, max_episode_steps=4)
 
 
 def test_buffer_with_vector_env_bootstraps_truncated_episodes_from_the_final_observation():
