@@ -87,14 +87,30 @@ def check_resume_settings(saved: dict, resumed: dict, run_dir) -> None:
                           f"{', '.join(RESUMABLE_KEYS)})")
 
 
+def _run_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """A directory's entries split into what a run writes (see agents.runner) and anything else."""
+    ours, others = [], []
+    for entry in sorted(run_dir.iterdir()):
+        is_ours = entry.name in ("config.json", "summary.json", "checkpoints", "policy") or \
+            entry.name.startswith("events.out.tfevents")
+        (ours if is_ours else others).append(entry)
+    return ours, others
+
+
 def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """A new run never lands on top of files it did not write."""
+    """A new run never lands on top of files it did not write; ``overwrite`` replaces only a run's own files."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"out: {run_dir} is a file, not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    ours, others = _run_files(run_dir)
+    if others:  # --overwrite never deletes what flowpolicy did not write (out=. or a home directory)
+        raise ConfigError(f"out: {run_dir} holds files that are not a flowpolicy run ({others[0].name}"
+                          f"{', …' if len(others) > 1 else ''}); choose another out=")
+    if not overwrite:
         hint = " (continue it with --resume)" if (run_dir / "config.json").is_file() else ""
-        raise ConfigError(f"out: {run_dir} already holds files{hint}; choose another out=, or pass --overwrite "
-                          "to replace them")
+        raise ConfigError(f"out: {run_dir} already holds a run{hint}; choose another out=, or pass --overwrite "
+                          "to replace it")
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
@@ -127,8 +143,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     learner = learner_cls(policy, cfg.env_id, algo_cfg, iterations, seed=cfg.seed, device=cfg.device,
                           reference=reference, env_kwargs=cfg.env_kwargs, env_options=cfg.env_options)
     if not resume:  # everything checked: only now touch the disk
-        if overwrite and run_dir.is_dir():
-            shutil.rmtree(run_dir)
+        if overwrite and run_dir.is_dir():  # only a run's own files (check_new_run_dir refused anything else)
+            for entry in _run_files(run_dir)[0]:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", asdict(cfg))
     env_meta = {}  # what `flowpolicy evaluate` needs to make the same env from the saved policy

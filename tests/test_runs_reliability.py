@@ -105,7 +105,7 @@ def test_a_new_run_never_overwrites_an_existing_one(finished_run, capsys):
     out, _ = finished_run
     before = checksums(out)
     code, _, err = run_cli(capsys, "finetune", "--config", CONFIG, *TINY, f"out={out}")
-    assert_one_line_error(code, err, "already holds files", "--resume", "--overwrite")
+    assert_one_line_error(code, err, "already holds a run", "--resume", "--overwrite")
     # a failing start with --overwrite (a bad policy) must not touch the run either
     code, _, err = run_cli(capsys, "finetune", "--config", CONFIG, *TINY, f"out={out}", "policy=/nonexistent",
                            "--overwrite")
@@ -116,10 +116,23 @@ def test_a_new_run_never_overwrites_an_existing_one(finished_run, capsys):
 def test_overwrite_replaces_a_run_on_request(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "stale.txt").write_text("from another run")
+    (out / "summary.json").write_text('{"from": "another run"}')
+    (out / "events.out.tfevents.1.old").write_text("old events")
     code, _, _ = run_cli(capsys, "finetune", "--config", CONFIG, *TINY, "runner.total_env_steps=64", f"out={out}",
                          "--overwrite")
-    assert code == 0 and not (out / "stale.txt").exists() and (out / "summary.json").is_file()
+    assert code == 0 and not (out / "events.out.tfevents.1.old").exists()
+    assert json.loads((out / "summary.json").read_text())["env_steps"] > 0
+
+
+def test_overwrite_never_deletes_files_that_are_not_a_run(tmp_path, capsys):
+    """out=. or a home directory with --overwrite: refused, and the user's files stay."""
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    code, _, err = run_cli(capsys, "finetune", "--config", CONFIG, *TINY, f"out={out}", "--overwrite")
+    assert_one_line_error(code, err, "not a flowpolicy run", "thesis.tex")
+    assert (out / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
 
 
 def test_resume_errors_name_the_file_or_key(finished_run, tmp_path, capsys):
