@@ -36,6 +36,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -386,6 +387,8 @@ def make_backend_envs(envs: VecEnv, backend: str, num_workers: int = 2, ray_addr
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "sync":
         return envs
+    if env_kwargs is None:  # the same env as the learner's: its kwargs and options travel to every shard
+        env_kwargs = {**envs.env_kwargs, "options": asdict(envs.options)}
     return ShardedVecEnv(envs.env_id, envs.num_envs, envs.act_steps, envs.n_obs_steps, num_workers=num_workers,
                          transport="ray" if backend == "ray" else "process", env_kwargs=env_kwargs,
                          ray_address=ray_address, worker_cpus=worker_cpus, max_restarts=max_restarts)

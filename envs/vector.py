@@ -117,6 +117,7 @@ class VecEnv:
             raise EnvError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
         self.env_id, self.num_envs, self.act_steps, self.n_obs_steps = env_id, num_envs, act_steps, n_obs_steps
         self.options = as_options(options)
+        self.env_kwargs = dict(env_kwargs)  # what a backend needs to build the same envs elsewhere
 
         def factory():
             return make_env(env_id, act_steps, n_obs_steps, reward_gamma, options=self.options, **env_kwargs)

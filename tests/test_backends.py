@@ -69,6 +69,22 @@ def test_async_steps_exactly_like_sync_including_group_seeds(workers):
         assert_same_steps(ref, sharded, [3, [7, 7, 8, 8, 9]])
 
 
+def test_backend_shards_get_the_learners_env_kwargs_and_options():
+    """A Dict-observation env with obs_keys and a sparse success reward: the shards build the same env."""
+    import manip_envs  # noqa: F401  (registers ManipTiny-v0)
+
+    from agents.backends import make_backend_envs
+
+    options = {"obs_keys": ["observation"], "success_reward": "sparse"}
+    with VecEnv("ManipTiny-v0", 3, act_steps=2, options=options) as ref:
+        sharded = make_backend_envs(ref, "async", num_workers=2)
+        try:
+            assert sharded.single_observation_space == ref.single_observation_space
+            assert_same_steps(ref, sharded, [5])
+        finally:
+            sharded.close()
+
+
 def test_a_killed_async_worker_is_restarted_and_its_shard_replayed():
     with VecEnv("Hopper-v5", 4, act_steps=4) as ref, ShardedVecEnv("Hopper-v5", 4, 4, num_workers=2) as sharded:
         assert_same_steps(ref, sharded, [11], kill_at=17)
