@@ -222,7 +222,9 @@ def record_video(agent, env_id: str, path: str | Path, seed: int = 0, max_steps:
         try:
             env = make_env(env_id, render_mode="rgb_array", options=options, **{"width": width, "height": height,
                                                                                  **env_kwargs})
-        except (TypeError, EnvError):  # not a MuJoCo env: it takes no frame size
+        except EnvError as err:  # not a MuJoCo env: it takes no frame size (any other problem is reported as is)
+            if "width" not in str(err) and "height" not in str(err):
+                raise
             try:
                 env = make_env(env_id, render_mode="rgb_array", options=options, **env_kwargs)
             except (TypeError, EnvError) as err:

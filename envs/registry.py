@@ -151,8 +151,9 @@ def make_gym_env(env_id: str, **env_kwargs) -> gym.Env:
     except TypeError as err:
         if "raised from the environment creator" not in str(err):
             raise  # a bug, not a kwarg the user can fix: keep the traceback
-        raise EnvError(f"cannot make environment {env_id!r} with kwargs {env_kwargs}: {_one_line(err)} (env kwargs "
-                       f"come from env_kwargs.KEY=VALUE in a config or --env-kwarg KEY=VALUE)") from None
+        given = f" with kwargs {env_kwargs}" if env_kwargs else ""
+        raise EnvError(f"cannot make environment {env_id!r}{given}: {_one_line(err)} (env kwargs come from "
+                       "env_kwargs.KEY=VALUE in a config or --env-kwarg KEY=VALUE)") from None
 
 
 def get_task(env_id: str, options=None, **env_kwargs) -> TaskSpec:

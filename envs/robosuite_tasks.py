@@ -320,9 +320,6 @@ class RobosuiteTaskEnv(gym.Env):
         terminated = self.terminate_on_success and success
         return self._flat(obs), float(success), terminated, False, {"is_success": success}
 
-    def is_success(self) -> bool:
-        return bool(self.robosuite_env._check_success())
-
     def get_sim_state(self) -> np.ndarray:
         """The flattened MuJoCo state (what robomimic stores as ``states``)."""
         return np.asarray(self.robosuite_env.sim.get_state().flatten(), dtype=np.float64)

@@ -63,10 +63,6 @@ class EnvOptions:
         if self.success_reward not in ("env", "sparse"):
             raise EnvError(f"success_reward: expected env or sparse, got {self.success_reward!r}")
 
-    @property
-    def adapts_success(self) -> bool:
-        return self.terminate_on_success or self.success_reward != "env"
-
 
 def as_options(options: EnvOptions | dict | None) -> EnvOptions:
     if options is None:
@@ -115,17 +111,17 @@ class SuccessInfo(gym.Wrapper, gym.utils.RecordConstructorArgs):
         gym.Wrapper.__init__(self, env)
         self.keys = (success_key,) if success_key else SUCCESS_KEYS
         self.terminate_on_success, self.success_reward = terminate_on_success, success_reward
-        self.reports_success = False  # becomes True once the env has put a success key in info
+        self._key: str | None = None  # the first of ``keys`` the env reports, found once
         self._episode_success = False
 
     def _read(self, info: dict) -> bool | None:
-        for key in self.keys:
-            if key in info:
-                self.reports_success = True
-                if key in SUCCESS_RULES:
-                    return bool(SUCCESS_RULES[key](info[key]))
-                return bool(np.any(np.asarray(info[key]) > 0))
-        return None
+        if self._key is None or self._key not in info:
+            self._key = next((key for key in self.keys if key in info), None)
+            if self._key is None:
+                return None
+        value = info[self._key]
+        rule = SUCCESS_RULES.get(self._key)
+        return bool(rule(value)) if rule is not None else bool(np.any(np.asarray(value) > 0))
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
