@@ -62,7 +62,7 @@ class CFGRLConfig(RolloutConfig):
     exploration_noise: float = param(0.0, "online mode: Gaussian noise std added to rollout actions", ge=0)
     buffer_size: int = param(250_000, "online mode: replay capacity in decisions", ge=1)
     demo_fraction: float = param(0.0, "online mode: share of each batch from the demonstrations "
-                                      "(0: one replay seeded with them)", ge=0, le=1)
+                                      "(0: one replay seeded with them)", ge=0, lt=1)
     rollout_guidance: float | None = param(None, "online mode: w for rollouts (null: guidance)")
     batch_size: int = param(256, "minibatch size", ge=1)
     expectile: float = param(0.9, "IQL expectile", gt=0, lt=1)

@@ -38,6 +38,7 @@ slowest member finishes; those steps are neither stored nor counted.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,8 +71,7 @@ Sampler = Literal["flow_sde", "cps", "ddim"]
 Estimator = Literal["ppo", "reinforce"]
 # each sampler's noise parameter and its default; a parameter the chosen sampler does not use is an error
 SAMPLER_PARAMS = {"flow_sde": ("a", 0.7), "cps": ("eta", 0.8), "ddim": ("eta", 1.0)}
-GAE_ONLY = {"gamma": 0.99, "gae_lambda": 0.95, "critic_lr": 1e-3, "critic_hidden": [256, 256, 256],
-            "normalize_rewards": True}
+GAE_ONLY = ("gamma", "gae_lambda", "critic_lr", "critic_hidden", "normalize_rewards")  # keys of the critic
 
 
 @dataclass
@@ -115,7 +115,9 @@ class GRPOConfig:
         if getattr(self, used) is None:
             setattr(self, used, default)
         if self.advantages != "gae":
-            for key, value in GAE_ONLY.items():
+            defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                        for f in dataclasses.fields(self) if f.name in GAE_ONLY}
+            for key, value in defaults.items():
                 if getattr(self, key) != value:
                     raise ConfigError(f"{key} applies only with advantages: gae (advantages is {self.advantages})")
         if self.estimator == "reinforce" and (self.kl_coef > 0 or self.update_epochs != 1):
