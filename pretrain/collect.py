@@ -204,6 +204,8 @@ def collect(env_id: str, out: str | Path, quality: str = "medium", episodes: int
     start = time.time()
     task = get_task(env_id)  # unknown env id: ValueError naming it
     out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():  # found now, not after every episode was recorded
+        raise CollectError(f"--out {out} is a file, not a directory")
     explicit_id = dataset_id
     target_id = explicit_id or default_dataset_id(env_id, quality)
     _refuse_existing(out / target_id, overwrite)

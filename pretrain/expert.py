@@ -395,9 +395,9 @@ def train_expert(env_id: str, out_dir: str | Path, config: ExpertConfig | None =
     config = config or ExpertConfig()
     validate_expert_config(config)
     out = Path(out_dir)
+    env = gym.make(env_id)  # an unknown id fails here, before anything is created on disk
     (out / SNAPSHOT_DIR).mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # small nets, batch 256: one thread is fastest and leaves a core free
-    env = gym.make(env_id)
     start = time.time()
     if resume and (out / TRAIN_STATE_FILE).exists():
         model = load_sac(out / TRAIN_STATE_FILE, env=env, training_state=True)
@@ -558,8 +558,8 @@ def main(argv=None) -> int:
         out = train_expert(args.env, args.out, ExpertConfig(total_steps=args.steps, seed=args.seed,
                                                             eval_every=args.snapshot_every),
                            resume=not args.no_resume)
-    except ExpertError as err:
-        print(f"pretrain.expert: error: {err}", file=sys.stderr)
+    except (ExpertError, gym.error.Error, OSError) as err:  # what a user can fix: one line, no traceback
+        print(f"pretrain.expert: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     print((out / INFO_FILE).read_text())
     return 0

@@ -277,3 +277,19 @@ def test_default_dataset_ids():
     assert collect_mod.default_dataset_id("Hopper-v5", "medium") == "flowpolicy/hopper-medium-v0"
     assert collect_mod.default_dataset_id("my.mod:Thing-v2", "frac97") == "flowpolicy/thing-frac97-v0"
     assert collect_mod.quality_label(0.974) == "frac97" and collect_mod.quality_label(-0.2) == "frac0"
+
+
+def test_out_that_is_a_file_is_refused_before_recording(tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    assert cli_main(["collect", "--env", "Hopper-v5", "--out", str(a_file), "--episodes", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a directory" in err[0] and a_file.read_text() == "mine"
+
+
+def test_expert_training_with_an_unknown_env_is_one_line_and_creates_nothing(tmp_path, capsys):
+    from pretrain.expert import main as expert_main
+
+    assert expert_main(["--env", "Nope-v0", "--out", str(tmp_path / "expert")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Nope" in err[0] and not (tmp_path / "expert").exists()
