@@ -52,19 +52,23 @@ class Spec:
 
     label: str
     algorithm: str
-    stem: str  # {task} is replaced
+    stem: str  # {task} and {scale} (the budget: "2m", "500k") are replaced
     overrides: list[str] = field(default_factory=list)
     budget: int = 2_000_000
+    task_budgets: dict[str, int] = field(default_factory=dict)  # where a task's table stops elsewhere
+    task_seeds: dict[str, list[int]] = field(default_factory=dict)  # where a task runs other seeds
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     shipped: bool = True  # the shipped config: a cell on every task with a config; else only where recorded
 
 
 SPECS = [
-    Spec("ReinFlow", "reinflow", "reinflow_{task}_2m", ["torch_threads=1", "runner.progress=false"]),
+    Spec("ReinFlow", "reinflow", "reinflow_{task}_{scale}", ["torch_threads=1", "runner.progress=false"],
+         task_budgets={"halfcheetah": 1_000_000, "ant": 1_000_000}),
     Spec("QSM (+ BC term, shipped config)", "qsm", "qsm_bc_{task}", budget=500_000),
     Spec("QSM, no BC term", "qsm", "qsm_{task}", ["algo.bc_coeff=0"], budget=500_000, shipped=False),
     Spec("CFGRL online", "cfgrl", "cfgrl_online_{task}", ["algo.mode=online"], budget=300_000),
-    Spec("Flow-GRPO", "grpo", "grpo_{task}", seeds=[0, 1, 2, 3, 4]),
+    Spec("Flow-GRPO", "grpo", "grpo_{task}", ["torch_threads=1"], seeds=[0, 1, 2, 3, 4], task_budgets={"walker2d": 1_000_000},
+         task_seeds={"walker2d": [0, 1, 2]}),
     Spec("Flow-CPS", "cps", "cps_{task}", seeds=[0, 1, 2, 3, 4]),
     Spec("Flow-CPS η = 0.5", "cps", "cps_eta05_{task}", ["algo.eta=0.5"], seeds=[0, 1, 2, 3, 4], shipped=False),
     Spec("DDPO_IS (clip 1e-2, shipped config)", "ddpo_is", "ddpo_is_clip1e-2_{task}", ["algo.clip_range=0.01"]),
@@ -72,7 +76,7 @@ SPECS = [
     Spec("DDPO_IS, clip 1e-4 (DDPO's image setting)", "ddpo_is", "ddpo_is_{task}", ["algo.clip_range=1e-4"],
          shipped=False),
     Spec("DDPO_SF", "ddpo_sf", "ddpo_sf_{task}"),
-    Spec("FPO++ (shipped fpo config)", "fpo", "fpo_{task}"),
+    Spec("FPO++ (shipped fpo config)", "fpo", "fpo_{task}", ["torch_threads=1"], task_budgets={"walker2d": 1_000_000}),
     Spec("FPO, plain", "fpo", "fpo_plain_{task}", ["algo.per_sample_ratio=false", "algo.negative_advantages=clip"],
          budget=500_000, seeds=[0], shipped=False),
 ]
@@ -101,6 +105,10 @@ class Cell:
         return sum(max(self.budget - self.done_steps.get(s, 0), 0) for s in self.seeds)
 
 
+def scale_tag(budget: int) -> str:
+    return f"{budget / 1e6:g}m" if budget >= 1_000_000 else f"{budget // 1000}k"
+
+
 def recorded(stem: str) -> dict | None:
     path = RESULTS / f"{stem}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -116,7 +124,8 @@ def discover_cells(tasks: list[str], runs_root: Path) -> list[Cell]:
     for task in tasks:
         labels = set()
         for spec in SPECS:
-            stem = spec.stem.format(task=task)
+            budget = spec.task_budgets.get(task, spec.budget)
+            stem = spec.stem.format(task=task, scale=scale_tag(budget))
             data = recorded(stem)
             config = f"configs/{task}/{spec.algorithm}.yaml"
             if data is None and not (spec.shipped and (ROOT / config).exists()):
@@ -125,8 +134,8 @@ def discover_cells(tasks: list[str], runs_root: Path) -> list[Cell]:
                 cell = Cell(task, spec.label, spec.algorithm, data["config"], stem, list(data["overrides"]),
                             [int(s) for s in data["seeds"]], int(data["table"][-1]["env_steps"]))
             else:
-                cell = Cell(task, spec.label, spec.algorithm, config, stem, list(spec.overrides), list(spec.seeds),
-                            spec.budget)
+                cell = Cell(task, spec.label, spec.algorithm, config, stem, list(spec.overrides),
+                            list(spec.task_seeds.get(task, spec.seeds)), budget)
             cells.append(cell)
             labels.add(spec.algorithm if spec.shipped else spec.label)
         for config in sorted((ROOT / "configs" / task).glob("*.yaml")):  # a shipped config no spec names
