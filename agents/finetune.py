@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from agents.autoscale import AUTO_SETTINGS, RESOLVED_KEYS, resolve_auto_settings
 from agents.backends import attach_backend, check_backend
 from agents.cfgrl import CFGRLConfig, CFGRLLearner
 from agents.chain_pg import ChainPGLearner, CPSConfig, DDPOISConfig, DDPOSFConfig, GRPOConfig
@@ -28,7 +29,7 @@ from agents.fpo import FPOConfig, FPOLearner
 from agents.qsm import QSMConfig, QSMLearner
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import Runner, RunnerConfig, has_training_state, last_checkpoint
-from envs.registry import get_task
+from envs.registry import get_task, with_reference_scores
 from envs.wrappers import EnvOptions
 from flowpolicy.checkpoint import atomic_write_json, load_policy
 from flowpolicy.config import ConfigError, check_device, from_dict, param
@@ -66,6 +67,9 @@ RESUMABLE_KEYS = ("runner.total_env_steps", "runner.eval_every", "runner.eval_ep
                   "runner.max_worker_restarts")
 
 
+AUTO_KEYS = {key for keys in AUTO_SETTINGS.values() for key in keys} | {"dataset"}
+
+
 def check_resume_settings(saved: dict, resumed: dict, run_dir) -> None:
     """A resumed run trains with the settings it started with: a changed key outside :data:`RESUMABLE_KEYS`
     (a different ``algo.num_envs`` would not even fit the saved state) is an error that names it."""
@@ -82,6 +86,8 @@ def check_resume_settings(saved: dict, resumed: dict, run_dir) -> None:
     for key in sorted(set(before) | set(after)):
         if key in RESUMABLE_KEYS or key == "out" or before.get(key) == after.get(key):
             continue
+        if key.startswith("algo.") and key[5:] in AUTO_KEYS and after.get(key) is None:
+            continue  # null: measured when the run started; config.json holds the number it measured
         raise ConfigError(f"{key}: the run in {run_dir} was started with {before.get(key, '(default)')!r}, not "
                           f"{after.get(key, '(default)')!r}; a resumed run keeps its settings (it may change "
                           f"{', '.join(RESUMABLE_KEYS)})")
@@ -129,7 +135,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     continuing = resume and has_training_state(last_checkpoint(run_dir))
     source = last_checkpoint(run_dir) if continuing else Path(cfg.policy)
     policy, metadata = load_policy(source, device=cfg.device)
-    task = get_task(cfg.env_id, cfg.env_options, **cfg.env_kwargs)
+    task = with_reference_scores(get_task(cfg.env_id, cfg.env_options, **cfg.env_kwargs), metadata)
     if (policy.config.obs_dim, policy.config.action_dim) != (task.obs_dim, task.action_dim):
         raise ConfigError(f"policy {source} has obs/action dims {policy.config.obs_dim}/{policy.config.action_dim} "
                           f"but {cfg.env_id} has {task.obs_dim}/{task.action_dim}")
@@ -138,6 +144,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     iterations = max(1, math.ceil(cfg.runner.total_env_steps / per_iteration))
     if getattr(algo_cfg, "mode", "online") == "offline":  # no env steps: the budget is gradient steps
         iterations = algo_cfg.offline_iterations
+    # settings the config leaves null are measured on the task (agents/autoscale.py) — only once: config.json
+    # keeps the numbers, so a resumed run reads them back instead of probing again
+    algo_cfg, autoscale = resolve_auto_settings(cfg.algorithm, algo_cfg, policy, cfg.env_id, task, seed=cfg.seed,
+                                                env_kwargs=cfg.env_kwargs, env_options=cfg.env_options,
+                                                metadata=metadata.get("pretrained_metadata") if continuing else metadata)
+    if autoscale is not None:
+        cfg = replace(cfg, algo={**cfg.algo, **{k: v for k, v in autoscale.items() if k in RESOLVED_KEYS}})
     # a resumed run regularizes toward the pretrained policy, not toward where it was interrupted
     reference = load_policy(cfg.policy, device=cfg.device)[0] if continuing and cfg.policy else None
     learner = learner_cls(policy, cfg.env_id, algo_cfg, iterations, seed=cfg.seed, device=cfg.device,
@@ -155,8 +168,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
         env_meta["env_options"] = asdict(cfg.env_options)
     runner = Runner(learner, cfg.runner, cfg.env_id, run_dir, seed=cfg.seed,
                     metadata={"algorithm": cfg.algorithm, "pretrained": cfg.policy, **env_meta,
+                              **({"autoscale": autoscale} if autoscale else {}),
                               "pretrained_metadata": metadata.get("pretrained_metadata") if continuing else metadata},
-                    env_kwargs=cfg.env_kwargs, env_options=cfg.env_options)
+                    env_kwargs=cfg.env_kwargs, env_options=cfg.env_options, task=task)
     try:
         attach_backend(learner, cfg.runner)  # runner.backend: where the envs step; the learner does not see it
         return runner.run(resume=continuing)

@@ -58,6 +58,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from agents.autoscale import require_resolved
 from agents.critics import DoubleQ, clip_grad_norm, polyak_update
 from agents.replay import ReplayBuffer, collect_into_replay, demonstration_transitions, td_target
 from agents.rollout import RolloutConfig, adopt_training_K, iteration_seed
@@ -71,6 +72,8 @@ from flowpolicy.policy import Policy
 @dataclass
 class QSMConfig(RolloutConfig):
     num_envs: int = redefault(RolloutConfig, "num_envs", 4)
+    decisions_per_env: int = redefault(RolloutConfig, "decisions_per_env", 256)
+    gamma: float = redefault(RolloutConfig, "gamma", 0.97)
     buffer_size: int = param(250_000, "replay capacity in decisions", ge=1)
     batch_size: int = param(256, "replay minibatch size", ge=1)
     updates_per_decision: float = param(0.25, "gradient steps per collected decision (summed over envs)", gt=0)
@@ -78,30 +81,34 @@ class QSMConfig(RolloutConfig):
     actor_lr: float = param(3e-5, "policy learning rate", gt=0)
     actor_lr_min_fraction: float = param(1.0, "cosine decay of the actor's rate to this fraction (1: constant)",
                                          ge=0, le=1)
-    tau: float = param(0.005, "Polyak rate of the target critics", gt=0, le=1)
-    q_grad_coeff: float = param(0.1, "α: the step −α·c_t·∇Q the denoiser learns", ge=0)
+    tau: float = param(0.01, "Polyak rate of the target critics", gt=0, le=1)
+    q_grad_coeff: float = param(0.01, "α: the step −α·c_t·∇Q the denoiser learns (with q_grad_normalize, ∇Q is in "
+                                "units of its running RMS per action dimension)", ge=0)
+    q_grad_normalize: bool = param(True, "divide ∇Q by a running mean of its RMS per action dimension, so α means the "
+                                   "same on every task (false: raw ∇Q, the paper's)")
     grad_at: Literal["noised", "denoised", "clean"] = param("denoised", "where ∇Q is taken (module docstring)")
     target_scale: Literal["none", "noise", "snr"] = param("snr", "c_t in the shift −α·c_t·∇Q (module docstring)")
     anchor: Literal["none", "replay", "reference"] = param(
         "reference", "what the −α∇Q shift is added to (module docstring)")
     reference_update_every: int = param(4, "iterations between copies of the policy into the reference (0: never)",
                                         ge=0)
-    target_noise: float = param(0.1, "TD3 target-action smoothing noise std", ge=0)
-    target_noise_clip: float = param(0.3, "clip of the target smoothing noise", ge=0)
-    exploration_noise: float = param(0.1, "Gaussian noise std added to rollout actions", ge=0)
-    reward_scale: float = param(0.1, "rewards are multiplied by this in the critic's targets", gt=0)
-    critic_warmup_iterations: int = param(1, "iterations that train only the critics", ge=0)
+    target_noise: float | None = param(None, "TD3 target-action smoothing noise std (null: exploration_noise)", ge=0)
+    target_noise_clip: float | None = param(None, "clip of the target smoothing noise (null: 3 × target_noise)", ge=0)
+    exploration_noise: float | None = param(None, "Gaussian noise std added to rollout actions (null: measured at "
+                                            "the start — the largest σ at which the BC policy keeps 50% of its "
+                                            "score, agents/autoscale.py)", ge=0)
+    reward_scale: float | None = param(None, "rewards are multiplied by this in the critic's targets (null: 1 / the "
+                                       "BC policy's mean |reward| per decision, measured at the start)", gt=0)
+    critic_warmup_iterations: int = param(5, "iterations that train only the critics", ge=0)
     critic_hidden: list[int] = param([256, 256, 256], "critic hidden widths", ge=1)
     critic_activation: Activation = param("silu", "critic activation")
     max_grad_norm: float = param(10.0, "gradient-norm clip", gt=0)
-    dataset: str | None = param(None, "seed the replay buffer with this demonstration dataset (Minari dir or .hdf5)")
-    bc_coeff: float = param(0.0, "weight of a BC loss on demonstration batches in the actor loss (needs dataset)",
+    dataset: str | None = param(None, "seed the replay buffer with this demonstration dataset (Minari dir or .hdf5; "
+                                "null with bc_coeff > 0: the dataset the BC policy was trained on)")
+    bc_coeff: float = param(0.5, "weight of a BC loss on demonstration batches in the actor loss (needs dataset)",
                             ge=0)
     allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id (deliberate cross-env use)")
 
-    def __post_init__(self):
-        if self.bc_coeff > 0 and not self.dataset:
-            raise ConfigError("bc_coeff > 0 needs a dataset of demonstrations (set dataset)")
 
 
 GRAD_AT = ("noised", "denoised", "clean")
@@ -114,14 +121,15 @@ ANCHORS = ("none", "replay", "reference")
 def qsm_actor_loss(policy: Policy, q_fn, cond: torch.Tensor, actions: torch.Tensor, alpha: float,
                    grad_at: str = "denoised", target_scale: str = "none", anchor: str = "none",
                    reference: Policy | None = None, generator: torch.Generator | None = None,
-                   return_tensor: bool = False) -> tuple[torch.Tensor, float | torch.Tensor]:
+                   return_tensor: bool = False, grad_scale=None) -> tuple[torch.Tensor, float | torch.Tensor]:
     """QSM's regression ``‖ε̂_θ(x_t, t, s) − (b − α·c_t·∇ₐQ(s, y))‖²`` for either model kind: ε̂ is the
     model's noise prediction (``x − t·v`` for a flow), x_t the replay ``actions`` noised at t ~ U(0, 1),
     y chosen by ``grad_at``, c_t by ``target_scale`` (1, σ_t, or s_t/σ_t), and the anchor b is 0 (``none``,
     the paper), the noise ε that made x_t (``replay``) or the frozen ``reference`` policy's ε̂(x_t).
     ``q_fn(cond, actions) -> [B]``; gradients reach the policy only (∇Q is a constant target). Returns the
     loss and the mean ‖∇ₐQ‖ (a diagnostic for choosing α: the shift is α times it; a 0-d tensor with
-    ``return_tensor``, which spares the learner's loop a device synchronization per step)."""
+    ``return_tensor``, which spares the learner's loop a device synchronization per step). ``grad_scale``:
+    ``grad_scale(∇Q) -> s``, and the shift uses ∇Q / s (the learner's running normalization)."""
     if grad_at not in GRAD_AT:
         raise ValueError(f"grad_at must be one of {GRAD_AT}, got {grad_at!r}")
     if target_scale not in TARGET_SCALES:
@@ -149,10 +157,12 @@ def qsm_actor_loss(policy: Policy, q_fn, cond: torch.Tensor, actions: torch.Tens
         point = ((x_t - sigma * eps) / signal.clamp(min=1e-3)).clamp(-1.0, 1.0)
     point = point.detach().requires_grad_(True)
     grad_q = torch.autograd.grad(q_fn(cond, point).sum(), point)[0].detach()
+    grad_norm = grad_q.norm(dim=-1).mean()
+    if grad_scale is not None:
+        grad_q = grad_q / grad_scale(grad_q)
     # snr: σ ≥ 0.05 keeps the shift finite at the data end, where ε̂ barely affects â anyway
     scale = {"none": 1.0, "noise": sigma, "snr": signal / sigma.clamp(min=0.05)}[target_scale]
     target = base - alpha * scale * grad_q
-    grad_norm = grad_q.norm(dim=-1).mean()
     return (eps_hat - target).square().mean(), grad_norm if return_tensor else grad_norm.item()
 
 
@@ -166,6 +176,7 @@ class QSMLearner:
         ``anchor: reference`` the saved reference of a resumed run replaces it when its state loads."""
         if config.grad_at not in GRAD_AT:
             raise ValueError(f"grad_at must be one of {GRAD_AT}, got {config.grad_at!r}")
+        require_resolved(config, "qsm")
         self.cfg, self.seed, self.device = config, seed, torch.device(device)
         self.total_iterations = total_iterations
         self.policy = policy.to(self.device).train()
@@ -196,6 +207,9 @@ class QSMLearner:
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr, **fused)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, **fused)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # running mean of ∇Q's mean square per action dimension (q_grad_normalize), bias-corrected like Adam's
+        self.q_grad_sq = torch.zeros((), device=self.device)
+        self.q_grad_steps = 0
         self.envs = VecEnv(env_id, config.num_envs, act_steps=pc.act_steps, n_obs_steps=pc.n_obs_steps,
                            options=env_options, **(env_kwargs or {}))
         self.replay = ReplayBuffer(config.buffer_size, pc.cond_dim, pc.chunk_dim, self.device)
@@ -220,13 +234,26 @@ class QSMLearner:
         if self.reference is not None:
             modules["reference"] = self.reference
         optimizers = {"actor": self.actor_opt, "critic": self.critic_opt}
-        return modules, optimizers, {"learner": self.generator}, {"replay_position": self.replay.position}
+        return modules, optimizers, {"learner": self.generator}, {
+            "replay_position": self.replay.position, "q_grad_sq": float(self.q_grad_sq), "q_grad_steps": self.q_grad_steps}
 
     def training_arrays(self) -> dict:
         return self.replay.arrays()
 
     def load_extra(self, extra: dict, arrays: dict) -> None:
         self.replay.load_arrays(arrays, extra["replay_position"])
+        self.q_grad_sq = torch.tensor(float(extra.get("q_grad_sq", 0.0)), device=self.device)
+        self.q_grad_steps = int(extra.get("q_grad_steps", 0))
+
+    Q_GRAD_DECAY = 0.99  # the running scale averages over ≈ 100 gradient steps
+
+    def q_grad_scale(self, grad_q: torch.Tensor) -> torch.Tensor:
+        """Update the running mean square of ∇Q (per action dimension) with this batch; return its root: the
+        unit ∇Q is measured in (q_grad_normalize), so α means the same whatever the reward or action scale."""
+        b = self.Q_GRAD_DECAY
+        self.q_grad_sq = b * self.q_grad_sq + (1 - b) * grad_q.square().mean()
+        self.q_grad_steps += 1
+        return (self.q_grad_sq / (1 - b ** self.q_grad_steps)).sqrt().clamp(min=1e-8)
 
     # -- rollout -----------------------------------------------------------------------------------
     def collect(self, iteration: int) -> dict:
@@ -291,7 +318,8 @@ class QSMLearner:
                 self.critic.requires_grad_(False)
                 actor_loss, grad_norm = qsm_actor_loss(
                     self.policy, self.q_mean, batch["cond"], batch["actions"], c.q_grad_coeff, c.grad_at,
-                    c.target_scale, c.anchor, self.reference, self.generator, return_tensor=True)
+                    c.target_scale, c.anchor, self.reference, self.generator, return_tensor=True,
+                    grad_scale=self.q_grad_scale if c.q_grad_normalize else None)
                 self.critic.requires_grad_(True)
                 if self.demos is not None:
                     demo = self.demos.sample(c.batch_size, self.generator)
@@ -315,6 +343,8 @@ class QSMLearner:
         out["charts/q_mean"] = float(np.mean(stats["q"]))
         if stats["q_grad_norm"]:
             out["charts/q_grad_norm"] = float(np.mean(stats["q_grad_norm"]))
+            if c.q_grad_normalize:
+                out["charts/q_grad_scale"] = float((self.q_grad_sq / (1 - self.Q_GRAD_DECAY ** self.q_grad_steps)).sqrt())
         out["charts/actor_lr"] = self.actor_opt.param_groups[0]["lr"]
         out["charts/replay_size"] = float(len(self.replay))
         out["charts/gradient_steps"] = float(n_updates)

@@ -150,12 +150,13 @@ def _all_finite(metrics: dict, modules: dict) -> str | None:
 
 class Runner:
     def __init__(self, learner: Learner, config: RunnerConfig, env_id: str, run_dir: str | Path, seed: int = 0,
-                 metadata: dict | None = None, env_kwargs: dict | None = None, env_options=None):
+                 metadata: dict | None = None, env_kwargs: dict | None = None, env_options=None,
+                 task=None):
         self.learner, self.cfg, self.env_id, self.seed = learner, config, env_id, seed
         self.run_dir = Path(run_dir)
         self.metadata = metadata or {}
         self.env_kwargs, self.env_options = dict(env_kwargs or {}), env_options
-        self.task = get_task(env_id, env_options, **self.env_kwargs)
+        self.task = task or get_task(env_id, env_options, **self.env_kwargs)
         self.iterations = learner.total_iterations
         # a learner whose iterations take a variable number of env steps (whole episodes) runs until the
         # env-step budget is spent; total_iterations is then only an upper bound
@@ -167,7 +168,7 @@ class Runner:
     def evaluate(self) -> dict:
         agent = Agent(self.learner.eval_policy(), seed=self.seed)
         result = evaluate_agent(agent, self.env_id, self.cfg.eval_episodes, seed=self.seed,  # = `evaluate --seed`
-                                options=self.env_options, **self.env_kwargs)
+                                options=self.env_options, task=self.task, **self.env_kwargs)
         self.learner.eval_policy().train()
         return result.to_dict()
 

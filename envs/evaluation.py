@@ -88,12 +88,14 @@ def _check_count(name: str, value, minimum: int) -> int:
 
 
 def evaluate_agent(agent, env_id: str, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
-                   progress=None, options: EnvOptions | dict | None = None, **env_kwargs) -> EvalResult:
+                   progress=None, options: EnvOptions | dict | None = None, task: TaskSpec | None = None,
+                   **env_kwargs) -> EvalResult:
     """Run exactly ``episodes`` episodes on ``num_envs`` parallel envs (default ``min(episodes, 8)``);
     episode k is reset with ``seed + k`` and its sampler noise is seeded from it (see the module
     docstring), so the result does not depend on ``num_envs``. ``progress(return)`` is called as each
     episode ends. A non-finite return is an :class:`EvaluationError`. ``options`` and ``env_kwargs`` make
-    the env as :func:`envs.vector.make_env` does."""
+    the env as :func:`envs.vector.make_env` does. ``task``: whose reference scores give the normalized score
+    (default: the registered task, when the env is made without kwargs or options)."""
     episodes = _check_count("episodes", episodes, 1)
     seed = _check_count("seed", seed, 0)
     n = min(episodes, 8 if num_envs is None else _check_count("num_envs", num_envs, 1))
@@ -150,13 +152,17 @@ def evaluate_agent(agent, env_id: str, episodes: int = 10, seed: int = 0, num_en
         for env in envs:
             env.close()
     reported = [s for s in successes if s is not None]
-    task = TASKS.get(env_id) if not env_kwargs and options == EnvOptions() else None
+    if task is None:
+        task = TASKS.get(env_id) if not env_kwargs and options == EnvOptions() else None
     return EvalResult(env_id, returns, lengths, [bool(s) for s in successes] if reported else None,
                       task=task or TaskSpec(env_id, 0, 0, 0))
 
-def random_policy_return(env_id: str, episodes: int = 100, seed: int = 0) -> tuple[float, float]:
-    """Mean and std of the return of uniformly random actions (the 0 of the normalized score)."""
-    env = make_gym_env(env_id)
+def random_policy_return(env_id: str, episodes: int = 100, seed: int = 0, options: EnvOptions | dict | None = None,
+                         **env_kwargs) -> tuple[float, float]:
+    """Mean and std of the return of uniformly random actions (the 0 of the normalized score); ``options``
+    and ``env_kwargs`` make the env as :func:`envs.vector.make_env` does."""
+    env = make_env(env_id, options=as_options(options), **env_kwargs) if options or env_kwargs \
+        else make_gym_env(env_id)
     env.action_space.seed(seed)
     returns = []
     for i in range(episodes):

@@ -30,6 +30,8 @@ and that starts with a prefix of :data:`SUITE_MODULES` imports that module first
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 from dataclasses import dataclass
 
@@ -154,6 +156,20 @@ def make_gym_env(env_id: str, **env_kwargs) -> gym.Env:
         given = f" with kwargs {env_kwargs}" if env_kwargs else ""
         raise EnvError(f"cannot make environment {env_id!r}{given}: {_one_line(err)} (env kwargs come from "
                        "env_kwargs.KEY=VALUE in a config or --env-kwarg KEY=VALUE)") from None
+
+
+def with_reference_scores(task: TaskSpec, metadata: dict | None) -> TaskSpec:
+    """``task`` with the reference scores a policy's metadata carries (``reference_scores``: the random and
+    expert returns of the dataset it was trained on, written by ``flowpolicy pretrain``; a fine-tuned
+    policy carries its BC policy's under ``pretrained_metadata``) when the registry
+    has none for it: an unregistered task gets normalized scores from its own data."""
+    metadata = metadata or {}
+    scores = metadata.get("reference_scores") or (metadata.get("pretrained_metadata") or {}).get(
+        "reference_scores") or {}
+    if task.has_reference_scores or scores.get("random") is None or scores.get("expert") is None \
+            or scores["expert"] == scores["random"]:
+        return task
+    return dataclasses.replace(task, random_score=float(scores["random"]), expert_score=float(scores["expert"]))
 
 
 def get_task(env_id: str, options=None, **env_kwargs) -> TaskSpec:

@@ -71,7 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from envs.evaluation import EvaluationError, evaluate_agent, record_video
-    from envs.registry import get_task
+    from envs.registry import get_task, with_reference_scores
     from flowpolicy.agent import load_agent
     from flowpolicy.config import check_device
 
@@ -117,7 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(f"--guidance applies to CFGRL (guided_flow) policies; {args.checkpoint} is a "
                        f"{agent.policy.config.kind} policy")
     env_kwargs, env_options = env_settings(args, agent.metadata, env_id)
-    task = get_task(env_id, env_options, **env_kwargs)
+    task = with_reference_scores(get_task(env_id, env_options, **env_kwargs), agent.metadata)
     if (task.obs_dim, task.action_dim) != (agent.observation_dim, agent.action_dim):
         raise CLIError(f"{args.checkpoint} takes observations of size {agent.observation_dim} and gives actions of "
                        f"size {agent.action_dim}, but {env_id} has {task.obs_dim} and {task.action_dim}")
@@ -131,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             agent.reset()
             result = evaluate_agent(agent, env_id, args.episodes, seed=args.seed, num_envs=args.num_envs,
-                                    progress=on_episode, options=env_options, **env_kwargs)
+                                    progress=on_episode, options=env_options, task=task, **env_kwargs)
         summary = result.to_dict()
         summary.update(checkpoint=str(args.checkpoint), sampler=agent.sampler.name, K=agent.K, seed=args.seed,
                        wall_s=round(time.time() - start, 2))
@@ -278,6 +278,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     )
     from flowpolicy.config import apply_overrides, from_dict, load_config, to_dict
 
+    # --algorithm/--policy/--env/--out are the overrides algorithm=, policy=, env_id=, out= (given first, so an
+    # explicit key=value wins); with no --config they make a run of the learner's defaults, which measure the
+    # task-dependent settings on the task itself (agents/autoscale.py)
+    flags = {"algorithm": args.algorithm, "policy": args.policy, "env_id": args.env, "out": args.out}
+    if not args.config and not args.resume and args.policy:
+        if not args.env:  # the task the policy was trained on
+            from flowpolicy.agent import load_agent
+            flags["env_id"] = load_agent(args.policy).metadata.get("env_id") or None
+            if flags["env_id"] is None:
+                raise CLIError(f"{args.policy} does not name its environment; pass --env ENV_ID")
+        if not args.out:
+            name = f"{flags['env_id']}-{args.algorithm or 'reinflow'}".replace(":", "_").replace("/", "_")
+            flags["out"] = f"runs/finetune/{name}"
+    args.overrides = [f"{k}={v}" for k, v in flags.items() if v] + list(args.overrides)
+
     resume_dir = args.resume
     if resume_dir == "":  # bare --resume: the run of --config's out dir, started if it never wrote anything
         if not args.config:
@@ -295,8 +310,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         check_resume_settings(to_dict(from_dict(FinetuneConfig, saved)), to_dict(cfg), resume_dir)
     elif args.config:
         cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    elif args.policy:
+        cfg = from_dict(FinetuneConfig, apply_overrides({}, args.overrides))
     else:
-        raise CLIError("give --config FILE (or --resume RUN_DIR)")
+        raise CLIError("give --config FILE, or --policy CHECKPOINT [--algorithm A] [--env ENV] (or --resume RUN_DIR)")
     s = finetune(cfg, resume=bool(resume_dir), overwrite=args.overwrite)
 
     def fmt(ret, score):
@@ -418,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune a pretrained policy with online RL",
                         description=cmd_finetune.__doc__)
     ft.add_argument("--config", default=None, help="YAML config, e.g. configs/hopper/reinflow.yaml")
+    ft.add_argument("--algorithm", default=None, help="the learner (= algorithm=...; default reinflow): "
+                    "reinflow, qsm, cfgrl, grpo, cps, ddpo_is, ddpo_sf, fpo")
+    ft.add_argument("--policy", default=None, help="pretrained policy checkpoint (= policy=...); without --config "
+                    "the learner's defaults, with noise levels and reward scale measured on the task")
+    ft.add_argument("--env", default=None, help="env id (= env_id=...; default: the policy's)")
+    ft.add_argument("--out", default=None, help="run directory (= out=...; default without --config: "
+                    "runs/finetune/ENV-ALGORITHM)")
     ft.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="", default=None,
                     help="continue the run in RUN_DIR exactly where it stopped (a finished run: print its summary); "
                          "bare --resume with --config continues that config's run, or starts it if it never began")

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from envs.evaluation import evaluate_agent
-from envs.registry import get_task
+from envs.registry import get_task, with_reference_scores
 from envs.wrappers import EnvOptions
 from flowpolicy.agent import Agent
 from flowpolicy.checkpoint import atomic_write_json, save_policy
@@ -211,11 +211,16 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         metadata["env_kwargs"] = cfg.env_kwargs
     if cfg.env_options != EnvOptions():
         metadata["env_options"] = asdict(cfg.env_options)
+    metadata["dataset_path"] = str(data_meta.get("path") or cfg.dataset)  # where it was found (ids included)
+    if data_meta.get("ref_min_score") is not None and data_meta.get("ref_max_score") is not None:
+        # the dataset's random and expert returns: normalized scores for a task the registry does not know
+        metadata["reference_scores"] = {"random": data_meta["ref_min_score"], "expert": data_meta["ref_max_score"]}
+    task = with_reference_scores(task, metadata)
 
     def evaluate(step: int) -> dict:
         # the evaluation seed is the run's seed: `flowpolicy evaluate --seed SEED` gives the same number
         result = evaluate_agent(Agent(ema, seed=cfg.seed), cfg.env_id, tc.eval_episodes, seed=cfg.seed,
-                                options=cfg.env_options, **cfg.env_kwargs)
+                                options=cfg.env_options, task=task, **cfg.env_kwargs)
         writer.add_scalar("charts/eval_return", result.return_mean, step)
         if result.success_rate is not None:
             writer.add_scalar("charts/success_rate", result.success_rate, step)

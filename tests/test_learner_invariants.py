@@ -18,11 +18,12 @@ from flowpolicy.policy import Policy, PolicyConfig
 # small settings per algorithm: two iterations of ~16 env steps on the 8-step ReachTest task
 TINY = {
     "reinflow": {"num_envs": 2, "decisions_per_env": 8, "minibatch_size": 16, "update_epochs": 1, "critic_hidden": [8],
-                 "noise_hidden": [8]},
+                 "noise_hidden": [8], "sigma_min": 0.1, "sigma_max": 0.24},
     "fpo": {"num_envs": 2, "decisions_per_env": 8, "minibatch_size": 16, "update_epochs": 1, "n_mc": 2,
             "critic_hidden": [8]},
     "grpo": {"group_size": 2, "num_groups": 1, "max_decisions": 8, "minibatch_size": 16, "update_epochs": 1},
-    "qsm": {"num_envs": 2, "decisions_per_env": 8, "batch_size": 16, "critic_hidden": [8]},
+    "qsm": {"num_envs": 2, "decisions_per_env": 8, "batch_size": 16, "critic_hidden": [8], "exploration_noise": 0.1,
+            "reward_scale": 0.1, "bc_coeff": 0.0},
 }
 
 
@@ -118,8 +119,9 @@ def test_on_policy_rollouts_bootstrap_a_truncation_from_the_true_final_observati
     from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 
     config_cls, learner_cls = (ReinFlowConfig, ReinFlowLearner) if algorithm == "reinflow" else (FPOConfig, FPOLearner)
+    fixed_noise = {"sigma_min": 0.1, "sigma_max": 0.24} if algorithm == "reinflow" else {}
     config = config_cls(num_envs=2, decisions_per_env=5, gamma=GAMMA, gae_lambda=LAMBDA, normalize_rewards=False,
-                        critic_hidden=[8])
+                        critic_hidden=[8], **fixed_noise)
     learner = learner_cls(step_index_policy(), "StepIndexTest-v0", config, total_iterations=1)
     learner.critic = StepValue(squeeze=False)
     learner.collect(0)

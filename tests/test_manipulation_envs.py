@@ -235,7 +235,8 @@ def empty_config(tmp_path):
 
 
 @pytest.mark.parametrize("algorithm,overrides", [
-    ("reinflow", ["algo.num_envs=2", "algo.decisions_per_env=6", "algo.minibatch_size=6"]),
+    ("reinflow", ["algo.num_envs=2", "algo.decisions_per_env=6", "algo.minibatch_size=6", "algo.sigma_min=0.1",
+                  "algo.sigma_max=0.24"]),
     ("grpo", ["algo.group_size=2", "algo.num_groups=1", "algo.max_decisions=6"]),
 ])
 def test_finetune_logs_and_summarizes_success(algorithm, overrides, manip_checkpoint, tmp_path):

@@ -37,6 +37,12 @@ def test_the_bc_term_trades_the_argmax_for_the_data(kind):
     weak, strong = (run_bandit(kind, "reference", "snr", 0.3, bc_coeff=w) for w in (0.3, 3.0))
     assert 0.1 < weak["distance_after"] < strong["distance_after"] < strong["distance_before"], (weak, strong)
 
+# the settings these tests were written with: fixed noise and reward scale, raw ∇Q (the defaults are now
+# measured on the task or normalized, agents/autoscale.py, tested in tests/test_autoscale.py)
+LEGACY = {"exploration_noise": 0.1, "target_noise": 0.1, "target_noise_clip": 0.3, "reward_scale": 0.1,
+          "q_grad_coeff": 0.1, "q_grad_normalize": False, "tau": 0.005, "gamma": 0.99, "critic_warmup_iterations": 1,
+          "bc_coeff": 0.0}
+
 
 def test_qsm_target_sign_and_scale_in_noise_prediction_space():
     """At the loss minimum ε̂ = −α·c_t·∇Q: check the gradient of the loss w.r.t. ε̂ vanishes there."""
@@ -69,7 +75,7 @@ def test_td_target_bootstraps_through_truncation_but_not_termination():
 
 def test_learner_critic_targets_use_the_smaller_target_q_and_mask_only_termination(reach_policy):
     policy, _ = load_policy(reach_policy)
-    config = QSMConfig(num_envs=2, decisions_per_env=4, critic_hidden=[8], gamma=0.5)
+    config = QSMConfig(**{**LEGACY, "num_envs": 2, "decisions_per_env": 4, "critic_hidden": [8], "gamma": 0.5})
     learner = QSMLearner(policy, "ReachTest-v0", config, total_iterations=1)
     learner.critic_target.forward = lambda cond, actions: (torch.full((cond.shape[0],), 4.0),
                                                            torch.full((cond.shape[0],), 6.0))
@@ -103,8 +109,9 @@ gym.register("ShortEpisodeTest-v0", entry_point=ShortEpisodeEnv, max_episode_ste
 
 def test_collected_transitions_keep_terminated_and_the_true_final_observation():
     policy = Policy(PolicyConfig(obs_dim=1, action_dim=1, horizon=1, num_steps=2, network=NetworkConfig(hidden=[8])))
-    learner = QSMLearner(policy, "ShortEpisodeTest-v0", QSMConfig(num_envs=2, decisions_per_env=7, critic_hidden=[8],
-                                                                    exploration_noise=0.0), total_iterations=1)
+    learner = QSMLearner(policy, "ShortEpisodeTest-v0", QSMConfig(**{**LEGACY, "num_envs": 2, "decisions_per_env": 7,
+                                                                    "critic_hidden": [8], "exploration_noise": 0.0}
+                                                                    ), total_iterations=1)
     with torch.no_grad():  # env 0 always acts +1 (terminates), env 1 always −1 (truncated)
         for p in policy.parameters():
             p.zero_()
@@ -141,8 +148,9 @@ def test_replay_seeded_from_a_demonstration_dataset(tmp_path):
     path = write_robomimic_hdf5(tmp_path / "demo.hdf5", episodes, env_id="ReachTest-v0")
     policy = Policy(PolicyConfig(obs_dim=2, action_dim=2, horizon=4, act_steps=4, num_steps=2,
                                  network=NetworkConfig(hidden=[8])))
-    learner = QSMLearner(policy, "ReachTest-v0", QSMConfig(num_envs=1, decisions_per_env=2, critic_hidden=[8],
-                                                             reward_scale=0.5, dataset=str(path)), 1)
+    learner = QSMLearner(policy, "ReachTest-v0", QSMConfig(**{**LEGACY, "num_envs": 1, "decisions_per_env": 2,
+                                                             "critic_hidden": [8], "reward_scale": 0.5,
+                                                             "dataset": str(path)}), 1)
     r = learner.replay
     assert len(r) == 3  # decisions at steps 0, 4, 8 of a 10-step episode
     assert torch.equal(r.cond[:3, 0], torch.tensor([0.0, 4.0, 8.0]))
@@ -157,7 +165,7 @@ def qsm_config(policy, out, total=4096, **algo):
         "algorithm": "qsm", "env_id": "ReachTest-v0", "policy": str(policy), "out": str(out), "seed": 1,
         "torch_threads": 1,
         "runner": {"total_env_steps": total, "eval_every": 0, "eval_episodes": 16, "progress": False},
-        "algo": {"num_envs": 8, "decisions_per_env": 32, "batch_size": 128, "updates_per_decision": 0.25,
+        "algo": {**LEGACY, "num_envs": 8, "decisions_per_env": 32, "batch_size": 128, "updates_per_decision": 0.25,
                  "critic_lr": 3e-3, "actor_lr": 1e-3, "critic_warmup_iterations": 2,
                  "critic_hidden": [64, 64], "reward_scale": 1.0, "gamma": 0.5, **algo}})
 
@@ -190,7 +198,7 @@ def test_qsm_resume_reproduces_an_uninterrupted_run(reach_policy, tmp_path, monk
 def test_bc_coeff_needs_the_demonstrations(reach_policy):
     with pytest.raises(ValueError, match="bc_coeff > 0 needs a dataset"):
         QSMLearner(load_policy(reach_policy)[0], "ReachTest-v0",
-                   QSMConfig(num_envs=2, decisions_per_env=4, bc_coeff=0.5), 1)
+                   QSMConfig(**{**LEGACY, "num_envs": 2, "decisions_per_env": 4, "bc_coeff": 0.5}), 1)
 
 
 def reference_update(learner: QSMLearner, iteration: int) -> dict:
@@ -252,9 +260,9 @@ def test_optimized_update_matches_the_straightforward_one(kind, tmp_path):
     path = save_policy(Policy(PolicyConfig(kind=kind, obs_dim=2, action_dim=2, horizon=1, num_steps=3,
                                            network=NetworkConfig(hidden=[32, 32]))), tmp_path / "p",
                        metadata={"env_id": "ReachTest-v0"})
-    config = QSMConfig(num_envs=2, decisions_per_env=16, critic_hidden=[32, 32], batch_size=32,
-                       updates_per_decision=0.25, critic_warmup_iterations=1, tau=0.05, q_grad_coeff=0.5,
-                       actor_lr=1e-3, bc_coeff=0.0)
+    config = QSMConfig(**{**LEGACY, "num_envs": 2, "decisions_per_env": 16, "critic_hidden": [32, 32],
+                          "batch_size": 32, "updates_per_decision": 0.25, "critic_warmup_iterations": 1, "tau": 0.05,
+                          "q_grad_coeff": 0.5, "actor_lr": 1e-3, "bc_coeff": 0.0})
     learners = []
     for _ in range(2):
         torch.manual_seed(1)

@@ -91,7 +91,8 @@ def reach_config(policy, out, total=6144, **algo):
         "runner": {"total_env_steps": total, "eval_every": 0, "eval_episodes": 16, "progress": False},
         "algo": {"num_envs": 8, "decisions_per_env": 64, "minibatch_size": 128, "update_epochs": 4, "actor_lr": 3e-3,
                  "noise_lr": 3e-3, "critic_lr": 3e-3, "clip_range": 0.2, "critic_warmup_iterations": 1,
-                 "critic_hidden": [32, 32], "ent_coef": 0.0, "target_kl": None, **algo}})
+                 "critic_hidden": [32, 32], "ent_coef": 0.0, "target_kl": None, "sigma_min": 0.1, "sigma_max": 0.24,
+                 **algo}})
 
 
 def test_running_return_scale_matches_the_std_of_the_discounted_returns_it_saw():
@@ -207,6 +208,7 @@ def test_warns_when_an_iteration_is_shorter_than_an_episode(reach_policy):
     assert not warn_if_rollouts_cut_episodes("ReachTest-v0", 8, "algo.decisions_per_env")
     policy, _ = load_policy(reach_policy)
     with pytest.warns(UserWarning, match="states after step 4 are never visited"):
-        learner = ReinFlowLearner(policy, "ReachTest-v0", ReinFlowConfig(num_envs=2, decisions_per_env=4),
+        learner = ReinFlowLearner(policy, "ReachTest-v0", ReinFlowConfig(num_envs=2, decisions_per_env=4, sigma_min=0.1,
+                                                                                 sigma_max=0.24),
                                   total_iterations=1)
     learner.envs.close()
