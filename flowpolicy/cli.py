@@ -282,7 +282,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     # explicit key=value wins); with no --config they make a run of the learner's defaults, which measure the
     # task-dependent settings on the task itself (agents/autoscale.py)
     flags = {"algorithm": args.algorithm, "policy": args.policy, "env_id": args.env, "out": args.out}
-    if not args.config and not args.resume and args.policy:
+    if not args.config and args.policy and not args.resume:
         if not args.env:  # the task the policy was trained on
             from flowpolicy.agent import load_agent
             flags["env_id"] = load_agent(args.policy).metadata.get("env_id") or None
@@ -295,9 +295,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     resume_dir = args.resume
     if resume_dir == "":  # bare --resume: the run of --config's out dir, started if it never wrote anything
-        if not args.config:
-            raise CLIError("--resume without RUN_DIR needs --config FILE (the run is its out directory)")
-        cfg = load_config(FinetuneConfig, args.config, args.overrides)
+        if not args.config and not args.policy:
+            raise CLIError("--resume without RUN_DIR needs --config FILE or --policy CHECKPOINT (the run is its out "
+                           "directory)")
+        cfg = load_config(FinetuneConfig, args.config, args.overrides) if args.config else \
+            from_dict(FinetuneConfig, apply_overrides({}, args.overrides))
         if (Path(cfg.out) / "config.json").is_file():
             resume_dir = cfg.out
     if resume_dir:

@@ -177,6 +177,9 @@ def test_a_run_measures_its_settings_once_and_resumes_with_them(reach_policy, tm
     monkeypatch.setattr(autoscale, "_probe", no_probe)
     assert main(["finetune", "--resume", str(run), "runner.total_env_steps=64"]) == 0
     assert "autoscale" not in capsys.readouterr().out
+    # bare --resume with the same command line: the run in --out, its measured settings kept
+    assert main(["finetune", "--policy", str(reach_policy), "--out", str(run), *tiny, "--resume"]) == 0
+    assert "finished run, nothing to do" in capsys.readouterr().out
 
 
 def test_qsm_bc_term_uses_the_policys_own_dataset_or_turns_off(reach_policy, tmp_path):
