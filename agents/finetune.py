@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from agents.autoscale import AUTO_SETTINGS, RESOLVED_KEYS, resolve_auto_settings
+from agents.autoscale import RESOLVED_KEYS, resolve_auto_settings
 from agents.backends import attach_backend, check_backend
 from agents.cfgrl import CFGRLConfig, CFGRLLearner
 from agents.chain_pg import ChainPGLearner, CPSConfig, DDPOISConfig, DDPOSFConfig, GRPOConfig
@@ -67,9 +67,6 @@ RESUMABLE_KEYS = ("runner.total_env_steps", "runner.eval_every", "runner.eval_ep
                   "runner.max_worker_restarts")
 
 
-AUTO_KEYS = {key for keys in AUTO_SETTINGS.values() for key in keys} | {"dataset"}
-
-
 def check_resume_settings(saved: dict, resumed: dict, run_dir) -> None:
     """A resumed run trains with the settings it started with: a changed key outside :data:`RESUMABLE_KEYS`
     (a different ``algo.num_envs`` would not even fit the saved state) is an error that names it."""
@@ -86,7 +83,7 @@ def check_resume_settings(saved: dict, resumed: dict, run_dir) -> None:
     for key in sorted(set(before) | set(after)):
         if key in RESUMABLE_KEYS or key == "out" or before.get(key) == after.get(key):
             continue
-        if key.startswith("algo.") and key[5:] in AUTO_KEYS and after.get(key) is None:
+        if key.startswith("algo.") and key[5:] in RESOLVED_KEYS and after.get(key) is None:
             continue  # null: measured when the run started; config.json holds the number it measured
         raise ConfigError(f"{key}: the run in {run_dir} was started with {before.get(key, '(default)')!r}, not "
                           f"{after.get(key, '(default)')!r}; a resumed run keeps its settings (it may change "

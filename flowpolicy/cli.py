@@ -270,6 +270,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     deterministic evaluation return before and after. With --resume RUN_DIR, continue that run exactly
     where it stopped (its saved config is used; only budget/evaluation overrides may change). Every
     algo.* key, with its type, default and meaning: `flowpolicy config ALGORITHM`."""
+    from agents.autoscale import RESOLVED_KEYS
     from agents.finetune import (
         FinetuneConfig,
         check_resume_settings,
@@ -310,6 +311,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         cfg = from_dict(FinetuneConfig, data)
         cfg.out = resume_dir
         check_resume_settings(to_dict(from_dict(FinetuneConfig, saved)), to_dict(cfg), resume_dir)
+        # settings the config leaves null were measured when the run started: keep those numbers
+        measured = {k: v for k, v in (saved.get("algo") or {}).items() if k in RESOLVED_KEYS and cfg.algo.get(k) is None}
+        cfg.algo = {**cfg.algo, **measured}
     elif args.config:
         cfg = load_config(FinetuneConfig, args.config, args.overrides)
     elif args.policy:

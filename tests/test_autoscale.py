@@ -197,3 +197,22 @@ def test_qsm_bc_term_uses_the_policys_own_dataset_or_turns_off(reach_policy, tmp
     given = QSMConfig(**fixed, dataset="mine", target_noise=0.1, target_noise_clip=0.3)
     assert resolve_auto_settings("qsm", given, policy, "ReachTest-v0", task, metadata={"dataset": str(data)}) \
         == (given, None)
+
+
+def test_resuming_from_a_config_with_nulls_reuses_the_measured_numbers(reach_policy, tmp_path, monkeypatch, capsys):
+    from flowpolicy.cli import main
+
+    run, config = tmp_path / "run", tmp_path / "qsm.yaml"
+    config.write_text(json.dumps({
+        "algorithm": "qsm", "env_id": "ReachTest-v0", "policy": str(reach_policy), "out": str(run), "torch_threads": 1,
+        "runner": {"total_env_steps": 64, "eval_every": 0, "eval_episodes": 2, "progress": False},
+        "algo": {"num_envs": 2, "decisions_per_env": 8, "batch_size": 16, "critic_hidden": [8],
+                 "critic_warmup_iterations": 1}}))
+    assert main(["finetune", "--config", str(config)]) == 0
+    saved = json.loads((run / "config.json").read_text())["algo"]
+    assert saved["bc_coeff"] == 0.0 and saved["reward_scale"] > 0  # no dataset here: no BC term
+    monkeypatch.setattr(autoscale, "_probe", lambda *a, **k: (_ for _ in ()).throw(AssertionError("probed")))
+    capsys.readouterr()
+    assert main(["finetune", "--config", str(config), "runner.total_env_steps=128", "--resume"]) == 0
+    assert "autoscale" not in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["algo"] == saved
