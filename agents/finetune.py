@@ -145,7 +145,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
     # keeps the numbers, so a resumed run reads them back instead of probing again
     algo_cfg, autoscale = resolve_auto_settings(cfg.algorithm, algo_cfg, policy, cfg.env_id, task, seed=cfg.seed,
                                                 env_kwargs=cfg.env_kwargs, env_options=cfg.env_options,
-                                                metadata=metadata.get("pretrained_metadata") if continuing else metadata)
+                                                metadata=metadata.get("pretrained_metadata") if continuing
+                                                else metadata)
     if autoscale is not None:
         cfg = replace(cfg, algo={**cfg.algo, **{k: v for k, v in autoscale.items() if k in RESOLVED_KEYS}})
     # a resumed run regularizes toward the pretrained policy, not toward where it was interrupted

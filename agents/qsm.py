@@ -64,7 +64,7 @@ from agents.replay import ReplayBuffer, collect_into_replay, demonstration_trans
 from agents.rollout import RolloutConfig, adopt_training_K, iteration_seed
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
-from flowpolicy.config import ConfigError, param, redefault
+from flowpolicy.config import param, redefault
 from flowpolicy.networks import Activation
 from flowpolicy.policy import Policy
 
@@ -76,12 +76,12 @@ class QSMConfig(RolloutConfig):
     gamma: float = redefault(RolloutConfig, "gamma", 0.97)
     buffer_size: int = param(250_000, "replay capacity in decisions", ge=1)
     batch_size: int = param(256, "replay minibatch size", ge=1)
-    updates_per_decision: float = param(0.25, "gradient steps per collected decision (summed over envs)", gt=0)
-    critic_lr: float = param(3e-4, "critic learning rate", gt=0)
-    actor_lr: float = param(3e-5, "policy learning rate", gt=0)
+    updates_per_decision: float = param(0.0625, "gradient steps per collected decision (summed over envs)", gt=0)
+    critic_lr: float = param(6e-4, "critic learning rate", gt=0)
+    actor_lr: float = param(1.2e-4, "policy learning rate", gt=0)
     actor_lr_min_fraction: float = param(1.0, "cosine decay of the actor's rate to this fraction (1: constant)",
                                          ge=0, le=1)
-    tau: float = param(0.01, "Polyak rate of the target critics", gt=0, le=1)
+    tau: float = param(0.04, "Polyak rate of the target critics", gt=0, le=1)
     q_grad_coeff: float = param(0.01, "α: the step −α·c_t·∇Q the denoiser learns (with q_grad_normalize, ∇Q is in "
                                 "units of its running RMS per action dimension)", ge=0)
     q_grad_normalize: bool = param(True, "divide ∇Q by a running mean of its RMS per action dimension, so α means the "
@@ -234,8 +234,9 @@ class QSMLearner:
         if self.reference is not None:
             modules["reference"] = self.reference
         optimizers = {"actor": self.actor_opt, "critic": self.critic_opt}
-        return modules, optimizers, {"learner": self.generator}, {
-            "replay_position": self.replay.position, "q_grad_sq": float(self.q_grad_sq), "q_grad_steps": self.q_grad_steps}
+        extra = {"replay_position": self.replay.position, "q_grad_sq": float(self.q_grad_sq),
+                 "q_grad_steps": self.q_grad_steps}
+        return modules, optimizers, {"learner": self.generator}, extra
 
     def training_arrays(self) -> dict:
         return self.replay.arrays()
@@ -344,7 +345,8 @@ class QSMLearner:
         if stats["q_grad_norm"]:
             out["charts/q_grad_norm"] = float(np.mean(stats["q_grad_norm"]))
             if c.q_grad_normalize:
-                out["charts/q_grad_scale"] = float((self.q_grad_sq / (1 - self.Q_GRAD_DECAY ** self.q_grad_steps)).sqrt())
+                corrected = self.q_grad_sq / (1 - self.Q_GRAD_DECAY ** self.q_grad_steps)
+                out["charts/q_grad_scale"] = float(corrected.sqrt())
         out["charts/actor_lr"] = self.actor_opt.param_groups[0]["lr"]
         out["charts/replay_size"] = float(len(self.replay))
         out["charts/gradient_steps"] = float(n_updates)

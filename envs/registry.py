@@ -31,7 +31,6 @@ and that starts with a prefix of :data:`SUITE_MODULES` imports that module first
 from __future__ import annotations
 
 import dataclasses
-
 import importlib
 from dataclasses import dataclass
 

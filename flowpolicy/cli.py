@@ -312,7 +312,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         cfg.out = resume_dir
         check_resume_settings(to_dict(from_dict(FinetuneConfig, saved)), to_dict(cfg), resume_dir)
         # settings the config leaves null were measured when the run started: keep those numbers
-        measured = {k: v for k, v in (saved.get("algo") or {}).items() if k in RESOLVED_KEYS and cfg.algo.get(k) is None}
+        measured = {k: v for k, v in (saved.get("algo") or {}).items()
+                    if k in RESOLVED_KEYS and cfg.algo.get(k) is None}
         cfg.algo = {**cfg.algo, **measured}
     elif args.config:
         cfg = load_config(FinetuneConfig, args.config, args.overrides)
