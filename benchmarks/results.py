@@ -84,6 +84,10 @@ SPECS = [
 ]
 
 
+# what a table alone does not say: setups, failures and their causes (written from the runs, kept with the tables)
+NOTES: dict[str, str] = {}
+
+
 @dataclass
 class Cell:
     task: str
@@ -266,6 +270,8 @@ def write_results_md(cells: list[Cell], tasks: list[str], path: Path, plots: boo
                 out += [f"![{task}: every method](results/{png.name})", ""]
         else:
             out += ["No results yet.", ""]
+        if task in NOTES:
+            out += [NOTES[task].strip(), ""]
         out += ["| method | source | seeds | budget | command |", "|---|---|---|---|---|"]
         for c in task_cells:
             source = {"runs": f"runs/bench/{c.stem}", "recorded": f"[recorded](results/{c.stem}.json)",
