@@ -16,6 +16,9 @@ training, with a few seeded probe episodes:
   states the policy is good in, so PPO's advantages and the critic's targets are about the task, not about
   falling over. Ascending, so a noisy estimate errs toward less noise. The smallest grid value is used
   (with a warning) when even it loses too much.
+- **Actor step** (QSM ``q_grad_coeff`` α, with ``q_grad_normalize``): a sixth of the measured exploration
+  noise — the policy moves per mirror-descent period by a step the task tolerates (Hopper: 0.06 / 6 = 0.01,
+  its tuned step).
 - **Reward scale** (QSM ``reward_scale``): the inverse of the BC policy's mean |reward| per decision in
   the noiseless probe, so the critic's targets are O(1/(1 − γ)) on every task (Hopper: 0.08, the shipped
   config's 0.1).
@@ -47,6 +50,10 @@ from flowpolicy.samplers import Sampler
 NOISE_GRID = (0.0075, 0.015, 0.03, 0.06, 0.12, 0.24)  # doubling up to ReinFlow's published σ_max
 KEEP = 0.5  # fraction of the noiseless score above random that a noise level must keep
 SIGMA_MIN_FRACTION = 0.4  # ReinFlow's σ_min as a fraction of σ_max (the shipped 0.10 / 0.24)
+# QSM's α (normalized ∇Q) as a fraction of the measured exploration noise: Hopper's 0.06 / 6 = 0.01 ≈ its tuned
+# raw α 0.1 × ∇Q's RMS 0.115; on Pusher (σ 0.24) a 4× larger step, on InvertedDoublePendulum (σ 0.015) 4× smaller
+Q_STEP_FRACTION = 1 / 6
+RAW_Q_GRAD_COEFF = 0.1  # α on the raw ∇Q (q_grad_normalize: false), the Hopper configs' value
 PROBE_EPISODES = 16
 
 
@@ -197,6 +204,7 @@ def resolve_auto_settings(algorithm: str, algo_cfg, policy: Policy, env_id: str,
     else:
         target = values["target_noise"] = algo_cfg.target_noise if algo_cfg.target_noise is not None else sigma
         values["target_noise_clip"] = _rounded(3 * target)
+        values["q_grad_coeff"] = _rounded(Q_STEP_FRACTION * sigma) if algo_cfg.q_grad_normalize else RAW_Q_GRAD_COEFF
     if "reward_scale" in needs:
         scale = _rounded(reward_scale_from(*baseline, policy.config.act_steps))
         values["reward_scale"] = scale
@@ -213,7 +221,7 @@ def resolve_auto_settings(algorithm: str, algo_cfg, policy: Policy, env_id: str,
 # the settings each learner lets autoscale measure when they are null (and what resolving may also set)
 AUTO_SETTINGS = {
     "reinflow": ("sigma_min", "sigma_max"),
-    "qsm": ("exploration_noise", "target_noise", "target_noise_clip", "reward_scale"),
+    "qsm": ("exploration_noise", "target_noise", "target_noise_clip", "reward_scale", "q_grad_coeff"),
 }
 RESOLVED_KEYS = {key for keys in AUTO_SETTINGS.values() for key in keys} | {"dataset", "bc_coeff"}
 

@@ -82,8 +82,9 @@ class QSMConfig(RolloutConfig):
     actor_lr_min_fraction: float = param(1.0, "cosine decay of the actor's rate to this fraction (1: constant)",
                                          ge=0, le=1)
     tau: float = param(0.04, "Polyak rate of the target critics", gt=0, le=1)
-    q_grad_coeff: float = param(0.01, "α: the step −α·c_t·∇Q the denoiser learns (with q_grad_normalize, ∇Q is in "
-                                "units of its running RMS per action dimension)", ge=0)
+    q_grad_coeff: float | None = param(None, "α: the step −α·c_t·∇Q the denoiser learns (with q_grad_normalize, ∇Q "
+                                       "is in units of its running RMS per action dimension; null: exploration_noise "
+                                       "/ 6 — a step the task tolerates, agents/autoscale.py)", ge=0)
     q_grad_normalize: bool = param(True, "divide ∇Q by a running mean of its RMS per action dimension, so α means the "
                                    "same on every task (false: raw ∇Q, the paper's)")
     grad_at: Literal["noised", "denoised", "clean"] = param("denoised", "where ∇Q is taken (module docstring)")

@@ -85,10 +85,14 @@ def test_resolve_fills_only_the_unset_settings(reach_policy, monkeypatch):
     # QSM: exploration measured on the action, target noise and clip follow it, reward scale 1/(100/10·1)
     cfg, report = resolve_auto_settings("qsm", QSMConfig(), policy, "ReachTest-v0", task, log=lambda s: None)
     assert (cfg.exploration_noise, cfg.target_noise, cfg.target_noise_clip) == (0.06, 0.06, 0.18)
-    assert cfg.reward_scale == pytest.approx(0.1)
+    assert cfg.reward_scale == pytest.approx(0.1) and cfg.q_grad_coeff == 0.01  # α = σ / 6
     cfg, _ = resolve_auto_settings("qsm", QSMConfig(exploration_noise=0.2, reward_scale=1.0), policy,
                                    "ReachTest-v0", task, log=lambda s: None)
     assert (cfg.exploration_noise, cfg.target_noise, cfg.target_noise_clip, cfg.reward_scale) == (0.2, 0.2, 0.6, 1.0)
+    assert cfg.q_grad_coeff == 0.0333
+    raw = resolve_auto_settings("qsm", QSMConfig(exploration_noise=0.2, reward_scale=1.0, q_grad_normalize=False),
+                                policy, "ReachTest-v0", task, log=lambda s: None)[0]
+    assert raw.q_grad_coeff == 0.1  # on the raw ∇Q: the Hopper configs' α
 
 
 def test_a_learner_built_directly_needs_numbers(reach_policy):
@@ -129,7 +133,7 @@ def test_the_running_grad_scale_starts_at_the_first_batch_and_averages(reach_pol
     policy, _ = load_policy(reach_policy)
     learner = QSMLearner(policy, "ReachTest-v0", QSMConfig(num_envs=1, decisions_per_env=2, exploration_noise=0.1,
                                                            target_noise=0.1, target_noise_clip=0.3, reward_scale=1.0,
-                                                           bc_coeff=0.0),
+                                                           bc_coeff=0.0, q_grad_coeff=0.01),
                          total_iterations=1)
     first = learner.q_grad_scale(torch.full((4, 2), 2.0))
     torch.testing.assert_close(first, torch.tensor(2.0))  # bias-corrected: exactly the first batch's RMS
@@ -194,7 +198,7 @@ def test_qsm_bc_term_uses_the_policys_own_dataset_or_turns_off(reach_policy, tmp
     cfg, report = resolve_auto_settings("qsm", QSMConfig(**fixed), policy, "ReachTest-v0", task, log=lambda s: None,
                                         metadata={"dataset": "gone/dataset"})
     assert (cfg.dataset, cfg.bc_coeff) == (None, 0.0) and report["bc_coeff"] == 0.0
-    given = QSMConfig(**fixed, dataset="mine", target_noise=0.1, target_noise_clip=0.3)
+    given = QSMConfig(**fixed, dataset="mine", target_noise=0.1, target_noise_clip=0.3, q_grad_coeff=0.01)
     assert resolve_auto_settings("qsm", given, policy, "ReachTest-v0", task, metadata={"dataset": str(data)}) \
         == (given, None)
 

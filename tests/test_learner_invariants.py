@@ -23,7 +23,7 @@ TINY = {
             "critic_hidden": [8]},
     "grpo": {"group_size": 2, "num_groups": 1, "max_decisions": 8, "minibatch_size": 16, "update_epochs": 1},
     "qsm": {"num_envs": 2, "decisions_per_env": 8, "batch_size": 16, "critic_hidden": [8], "exploration_noise": 0.1,
-            "reward_scale": 0.1, "bc_coeff": 0.0},
+            "reward_scale": 0.1, "bc_coeff": 0.0, "q_grad_coeff": 0.01},
 }
 
 
