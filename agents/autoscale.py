@@ -1,8 +1,9 @@
 """Defaults that scale with the task: settings a config leaves ``null`` are measured at the start of a run.
 
 A learner's noise levels and reward scale are task properties, not method properties: Hopper's BC policy
-survives Gaussian noise of 0.24 (normalized action units) on every denoising step, InvertedDoublePendulum's
-falls within a dozen steps of it; Hopper's rewards are ≈ 3 per step, Pusher's ≈ −0.5. Copying one task's
+keeps half its score under Gaussian noise of σ = 0.12 (normalized action units) on every denoising step,
+InvertedDoublePendulum's loses it at 0.03 and falls within a dozen steps at Hopper's σ_max 0.24; Hopper's
+rewards are ≈ 3 per step, Pusher's ≈ −0.8. Copying one task's
 numbers to another therefore breaks the run before it learns anything (issue #18). Where a config leaves
 them unset, :func:`resolve_auto_settings` measures them from the BC policy on the task itself, before
 training, with a few seeded probe episodes:

@@ -85,7 +85,29 @@ SPECS = [
 
 
 # what a table alone does not say: setups, failures and their causes (written from the runs, kept with the tables)
-NOTES: dict[str, str] = {}
+NOTES: dict[str, str] = {
+    "halfcheetah": """
+**HalfCheetah.** The shipped ReinFlow config (Hopper's settings; σ ∈ [0.10, 0.24]) improves every seed steadily
+and none falls — the HalfCheetah drop a ReinFlow user reported with its published config (its issue #16) does
+not appear here. Gains are modest at 1M env steps: the BC policy starts at 74 and our SAC expert (100) was
+stopped at 150k steps, so there is less headroom than the normalized scale suggests. QSM uses Hopper's QSM
+config unchanged but for the env, policy and dataset.
+""",
+    "ant": """
+**Ant: ReinFlow does not improve at 1M env steps, and why.** Evaluated on 20 episodes, the BC policy's
+episodes end early — the ant leaves its healthy height range: median 170 steps, 4 of 20 reach the 1000-step
+limit, return 172 (normalized 26). After 1M env steps ReinFlow keeps the ant alive longer (mean episode
+length 325 → 444 and 382 for seeds 0 and 1; 6 and 5 of 20 episodes reach 1000 steps) but the return per
+step does not rise (174 and 135). The cause is the data, not the learner's settings: our Ant SAC expert
+was stopped at 150k steps (854, where a converged SAC scores ≈ 5000), and the medium dataset holds 10
+episodes (4k steps) of mostly falling ones (336 ± 264), so BC learns a gait that falls. With 10 evaluation
+episodes the standard error of one evaluation is ≈ ±8 normalized points, larger than the change. ReinFlow's
+own Ant gain (1231 → 4009, D4RL medium data of a strong expert) took ≈ 7·10⁷ env steps; what would fix ours is
+an Ant dataset from a stronger expert (`flowpolicy collect --env Ant-v5 --expert-steps 1000000`), then the
+same config. The noise probe of `agents/autoscale.py` finds Ant tolerant (σ = 0.24 keeps 53 % of the BC
+score, more than the shipped σ_max 0.16), so exploration noise is not the limit.
+""",
+}
 
 
 @dataclass
