@@ -41,7 +41,7 @@ def test_dry_run_lists_missing_cells_with_commands_and_times(tmp_path, capsys, m
     assert "ant · ReinFlow [missing]: 3,000,000 env steps, ≈" in plan and "from reinflow on hopper" in plan
     assert ("python benchmarks/bench_finetune.py --config configs/ant/reinflow.yaml --seeds 0 1 2 --budgets 1000000 "
             "--name reinflow_ant_1m") in plan
-    assert "hopper ·" not in plan  # recorded cells are not re-run unless --rerun
+    assert "hopper · ReinFlow" not in plan  # recorded cells are not re-run unless --rerun
     assert not (tmp_path / "R.md").exists()
     assert {p: p.stat().st_mtime for p in results.RESULTS.iterdir()} == before
 
