@@ -266,7 +266,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    """Fine-tune a pretrained policy with online RL (the algorithm named in the config) and print the
+    """Fine-tune a pretrained policy with online RL (the algorithm named in the config, or --policy and
+    --algorithm without one: the learner's defaults, its task-dependent noise and scales measured on the task
+    at the start, see docs/new_task.md) and print the
     deterministic evaluation return before and after. With --resume RUN_DIR, continue that run exactly
     where it stopped (its saved config is used; only budget/evaluation overrides may change). Every
     algo.* key, with its type, default and meaning: `flowpolicy config ALGORITHM`."""
@@ -451,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "runs/finetune/ENV-ALGORITHM)")
     ft.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="", default=None,
                     help="continue the run in RUN_DIR exactly where it stopped (a finished run: print its summary); "
-                         "bare --resume with --config continues that config's run, or starts it if it never began")
+                         "bare --resume with --config (or --policy) continues that run, or starts it if it never began")
     ft.add_argument("--overwrite", action="store_true",
                     help="replace the files of an existing run in the out directory (default: refuse)")
     ft.add_argument("overrides", nargs="*", metavar="key=value",
