@@ -86,6 +86,22 @@ SPECS = [
 
 # what a table alone does not say: setups, failures and their causes (written from the runs, kept with the tables)
 NOTES: dict[str, str] = {
+    "hopper": """
+**QSM's shipped config changed** (issue #18, item 3): "QSM (+ BC term, shipped config)" takes 4× fewer
+gradient steps per env step than "QSM, first config" (0.0625 vs 0.25 per decision) with the actor's learning
+rate ×4, the critic's ×2 and the Polyak rate ×4, at about a third of the update cost
+([qsm_throughput.md](qsm_throughput.md)). Same seeds, same BC policy: it reaches 90 sooner and ends within
+the 3-seed spread of the first config. The BC start differs (≈ 51 vs 55) because the first config's runs
+predate the evaluation protocol in which episode k is seeded by seed + k (the same BC policy, other episodes).
+""",
+    "walker2d": """
+**Walker2d.** Flow-GRPO and FPO++ run the Hopper configs unchanged but for the env and policy (nothing tuned
+for Walker2d); both improve from BC by ≈ 20 points at 1M env steps, where ReinFlow (Walker2d's own learning
+rates) and QSM reach the expert. Their BC start reads ≈ 38 rather than 41: these runs use today's evaluation
+protocol (episode k seeded by seed + k); the ReinFlow, QSM and CFGRL rows were recorded before it. QSM's
+shipped-config row (4× fewer gradient steps, see Hopper) was not re-run on Walker2d; its first-config row
+is the recorded one.
+""",
     "halfcheetah": """
 **HalfCheetah.** The shipped ReinFlow config (Hopper's settings; σ ∈ [0.10, 0.24]) improves every seed steadily
 and none falls — the HalfCheetah drop a ReinFlow user reported with its published config (its issue #16) does
@@ -94,18 +110,21 @@ stopped at 150k steps, so there is less headroom than the normalized scale sugge
 config unchanged but for the env, policy and dataset.
 """,
     "ant": """
-**Ant: ReinFlow does not improve at 1M env steps, and why.** Evaluated on 20 episodes, the BC policy's
-episodes end early — the ant leaves its healthy height range: median 170 steps, 4 of 20 reach the 1000-step
-limit, return 172 (normalized 26). After 1M env steps ReinFlow keeps the ant alive longer (mean episode
-length 325 → 444 and 382 for seeds 0 and 1; 6 and 5 of 20 episodes reach 1000 steps) but the return per
-step does not rise (174 and 135). The cause is the data, not the learner's settings: our Ant SAC expert
-was stopped at 150k steps (854, where a converged SAC scores ≈ 5000), and the medium dataset holds 10
-episodes (4k steps) of mostly falling ones (336 ± 264), so BC learns a gait that falls. With 10 evaluation
-episodes the standard error of one evaluation is ≈ ±8 normalized points, larger than the change. ReinFlow's
-own Ant gain (1231 → 4009, D4RL medium data of a strong expert) took ≈ 7·10⁷ env steps; what would fix ours is
-an Ant dataset from a stronger expert (`flowpolicy collect --env Ant-v5 --expert-steps 1000000`), then the
-same config. The noise probe of `agents/autoscale.py` finds Ant tolerant (σ = 0.24 keeps 53 % of the BC
-score, more than the shipped σ_max 0.16), so exploration noise is not the limit.
+**Ant: ReinFlow does not improve at 1M env steps; QSM does (+21 at 500k).** Evaluated on 20 episodes, the BC
+policy's episodes end early — the ant leaves its healthy height range: median 170 steps, 4 of 20 reach the
+1000-step limit, return 172 (normalized 26). After 1M env steps ReinFlow keeps the ant alive longer (mean
+episode length 325 → 444 and 382 for seeds 0 and 1; 6 and 5 of 20 episodes reach 1000 steps) but the return
+per step does not rise (174 and 135); with 10 evaluation episodes one evaluation's standard error is ≈ ±8
+normalized points, larger than its change. The data is weak: our Ant SAC expert was stopped at 150k steps
+(854, where a converged SAC scores ≈ 5000) and the medium dataset holds 10 episodes (4k steps) of mostly
+falling ones (336 ± 264). QSM, with Hopper's config, improves every seed on the same data (51.6 ± 7.6 at
+500k): its replay keeps the demonstrations and its BC term pulls toward them, while ReinFlow learns only
+from its own short, falling episodes. Exploration noise is not ReinFlow's limit (the probe of
+`agents/autoscale.py` finds Ant tolerant: σ = 0.24 on the chain keeps 53 % of the BC score, more than the
+shipped σ_max 0.16). We did not isolate the cause further; ReinFlow's own Ant gain (1231 → 4009, D4RL data of
+a strong expert) took ≈ 7·10⁷ env steps. Next steps: an Ant dataset from a stronger expert
+(`flowpolicy collect --env Ant-v5 --expert-steps 1000000`), and ReinFlow with its BC regularizer
+(`algo.bc_coef`).
 """,
 }
 
