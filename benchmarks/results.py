@@ -91,16 +91,17 @@ NOTES: dict[str, str] = {
 gradient steps per env step than "QSM, first config" (0.0625 vs 0.25 per decision) with the actor's learning
 rate ×4, the critic's ×2 and the Polyak rate ×4, at about a third of the update cost
 ([qsm_throughput.md](qsm_throughput.md)). Same seeds, same BC policy: it reaches 90 sooner and ends within
-the 3-seed spread of the first config. The BC start differs (≈ 51 vs 55) because the first config's runs
+the 3-seed spread of the first config (on Walker2d it learns more slowly: see there). The BC start differs (≈ 51 vs 55) because the first config's runs
 predate the evaluation protocol in which episode k is seeded by seed + k (the same BC policy, other episodes).
 """,
     "walker2d": """
 **Walker2d.** Flow-GRPO and FPO++ run the Hopper configs unchanged but for the env and policy (nothing tuned
 for Walker2d); both improve from BC by ≈ 20 points at 1M env steps, where ReinFlow (Walker2d's own learning
-rates) and QSM reach the expert. Their BC start reads ≈ 38 rather than 41: these runs use today's evaluation
-protocol (episode k seeded by seed + k); the ReinFlow, QSM and CFGRL rows were recorded before it. QSM's
-shipped-config row (4× fewer gradient steps, see Hopper) was not re-run on Walker2d; its first-config row
-is the recorded one.
+rates) and QSM's first config reach the expert. Their BC start reads ≈ 38 rather than 41: these runs use
+today's evaluation protocol (episode k seeded by seed + k); the ReinFlow, first-config QSM and CFGRL rows were
+recorded before it. **QSM's shipped config (4× fewer gradient steps, see Hopper) learns more slowly here
+than its first config**: 74.2 ± 19.1 vs 100.9 ± 11.4 at 500k (per seed at the end: 71, 95, 79 vs 90, 104,
+104), where on Hopper the two are within seed noise — the cost of the 3× cheaper update on this task.
 """,
     "halfcheetah": """
 **HalfCheetah.** The shipped ReinFlow config (Hopper's settings; σ ∈ [0.10, 0.24]) improves every seed steadily
