@@ -91,8 +91,9 @@ NOTES: dict[str, str] = {
 gradient steps per env step than "QSM, first config" (0.0625 vs 0.25 per decision) with the actor's learning
 rate ×4, the critic's ×2 and the Polyak rate ×4, at about a third of the update cost
 ([qsm_throughput.md](qsm_throughput.md)). Same seeds, same BC policy: it reaches 90 sooner and ends within
-the 3-seed spread of the first config (on Walker2d it learns more slowly: see there). The BC start differs (≈ 51 vs 55) because the first config's runs
-predate the evaluation protocol in which episode k is seeded by seed + k (the same BC policy, other episodes).
+the 3-seed spread of the first config (on Walker2d it learns more slowly: see there). The BC start differs
+(≈ 51 vs 55) because the first config's runs predate the evaluation protocol in which episode k is seeded by
+seed + k (the same BC policy, other episodes).
 """,
     "walker2d": """
 **Walker2d.** Flow-GRPO and FPO++ run the Hopper configs unchanged but for the env and policy (nothing tuned
