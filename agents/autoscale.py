@@ -20,8 +20,8 @@ training, with a few seeded probe episodes:
 - **Actor step** (QSM ``q_grad_coeff`` α, with ``q_grad_normalize``): a sixth of the measured exploration
   noise — the policy moves per mirror-descent period by a step the task tolerates (Hopper: 0.06 / 6 = 0.01,
   its tuned step).
-- **Reward scale** (QSM ``reward_scale``): the inverse of the BC policy's mean |reward| per decision in
-  the noiseless probe, so the critic's targets are O(1/(1 − γ)) on every task (Hopper: 0.08, the shipped
+- **Reward scale** (QSM ``reward_scale``): the inverse of the BC policy's mean |episode return| per
+  decision in the noiseless probe, so the critic's targets are O(1/(1 − γ)) on every task (Hopper: 0.08, the shipped
   config's 0.1).
 
 The probe's episodes are seeded from the run seed, so a run resolves the same numbers every time; they
@@ -147,8 +147,9 @@ def probe_noise_tolerance(policy: Policy, env_id: str, where: str, K: int, seed:
 
 
 def reward_scale_from(returns: list[float], lengths: list[int], act_steps: int) -> float:
-    """1 / mean |reward| per decision (``act_steps`` env steps) of the probe episodes; 1 when that is 0
-    (e.g. a sparse reward the BC policy never earns)."""
+    """1 / the probe episodes' mean |return| per decision (|episode return| / length × ``act_steps``); 1 when
+    that is 0 (e.g. a sparse reward the BC policy never earns). Computed from episode returns, so rewards of
+    both signs that cancel within an episode make it too large: set ``reward_scale`` for such a task."""
     per_step = float(np.mean(np.abs(np.asarray(returns, dtype=float)) / np.maximum(lengths, 1)))
     per_decision = per_step * act_steps
     return float(1.0 / per_decision) if per_decision > 1e-8 else 1.0
@@ -201,6 +202,10 @@ def resolve_auto_settings(algorithm: str, algo_cfg, policy: Policy, env_id: str,
         notes.append(probe.describe())
         sigma = values[primary] = probe.sigma
     if algorithm == "reinflow":
+        if algo_cfg.sigma_min is not None and algo_cfg.sigma_min > sigma:
+            warnings.warn(f"the measured sigma_max {sigma:g} is below the configured sigma_min "
+                          f"{algo_cfg.sigma_min:g}; using sigma_max = sigma_min", stacklevel=2)
+            sigma = values["sigma_max"] = algo_cfg.sigma_min
         values["sigma_min"] = _rounded(SIGMA_MIN_FRACTION * sigma)
     else:
         target = values["target_noise"] = algo_cfg.target_noise if algo_cfg.target_noise is not None else sigma

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -79,12 +80,22 @@ def check_resume_settings(saved: dict, resumed: dict, run_dir) -> None:
                 out[f"{prefix}{key}"] = value
         return out
 
-    before, after = flat(saved), flat(resumed)
+    def filled(d: dict) -> dict:  # the algorithm's defaults where the dict leaves a key out
+        algo_cls = ALGORITHMS.get(d.get("algorithm"), (None,))[0]
+        if algo_cls is None:
+            return d
+        with warnings.catch_warnings():  # a renamed key warns where the config is read, not here again
+            warnings.simplefilter("ignore")
+            return {**d, "algo": asdict(from_dict(algo_cls, dict(d.get("algo") or {}), prefix="algo"))}
+
+    before, after = flat(filled(saved)), flat(filled(resumed))
     for key in sorted(set(before) | set(after)):
         if key in RESUMABLE_KEYS or key == "out" or before.get(key) == after.get(key):
             continue
         if key.startswith("algo.") and key[5:] in RESOLVED_KEYS and after.get(key) is None:
             continue  # null: measured when the run started; config.json holds the number it measured
+        if key == "algo.bc_coeff" and not after.get("algo.dataset") and not before.get("algo.dataset"):
+            continue  # no dataset to be found: the start turned the BC term off, and so will this one
         raise ConfigError(f"{key}: the run in {run_dir} was started with {before.get(key, '(default)')!r}, not "
                           f"{after.get(key, '(default)')!r}; a resumed run keeps its settings (it may change "
                           f"{', '.join(RESUMABLE_KEYS)})")
@@ -147,8 +158,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
                                                 env_kwargs=cfg.env_kwargs, env_options=cfg.env_options,
                                                 metadata=metadata.get("pretrained_metadata") if continuing
                                                 else metadata)
-    if autoscale is not None:
-        cfg = replace(cfg, algo={**cfg.algo, **{k: v for k, v in autoscale.items() if k in RESOLVED_KEYS}})
+    # config.json keeps every setting the run trains with (defaults and measured numbers included), so a later
+    # change of a default cannot change what --resume trains
+    cfg = replace(cfg, algo=asdict(algo_cfg))
     # a resumed run regularizes toward the pretrained policy, not toward where it was interrupted
     reference = load_policy(cfg.policy, device=cfg.device)[0] if continuing and cfg.policy else None
     learner = learner_cls(policy, cfg.env_id, algo_cfg, iterations, seed=cfg.seed, device=cfg.device,

@@ -291,8 +291,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             flags["env_id"] = load_agent(args.policy).metadata.get("env_id") or None
             if flags["env_id"] is None:
                 raise CLIError(f"{args.policy} does not name its environment; pass --env ENV_ID")
-        if not args.out:
-            name = f"{flags['env_id']}-{args.algorithm or 'reinflow'}".replace(":", "_").replace("/", "_")
+        given = dict(o.split("=", 1) for o in args.overrides if "=" in o)  # key=value overrides win
+        if not args.out and "out" not in given:
+            env = given.get("env_id", flags["env_id"])
+            name = f"{env}-{given.get('algorithm', args.algorithm or 'reinflow')}".replace(":", "_").replace("/", "_")
             flags["out"] = f"runs/finetune/{name}"
     args.overrides = [f"{k}={v}" for k, v in flags.items() if v] + list(args.overrides)
 
@@ -316,6 +318,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         # settings the config leaves null were measured when the run started: keep those numbers
         measured = {k: v for k, v in (saved.get("algo") or {}).items()
                     if k in RESOLVED_KEYS and cfg.algo.get(k) is None}
+        saved_algo = saved.get("algo") or {}
+        if not cfg.algo.get("dataset") and not saved_algo.get("dataset") and saved_algo.get("bc_coeff") == 0:
+            measured["bc_coeff"] = 0.0  # the start found no dataset and turned the BC term off
         cfg.algo = {**cfg.algo, **measured}
     elif args.config:
         cfg = load_config(FinetuneConfig, args.config, args.overrides)

@@ -211,12 +211,35 @@ def test_resuming_from_a_config_with_nulls_reuses_the_measured_numbers(reach_pol
         "algorithm": "qsm", "env_id": "ReachTest-v0", "policy": str(reach_policy), "out": str(run), "torch_threads": 1,
         "runner": {"total_env_steps": 64, "eval_every": 0, "eval_episodes": 2, "progress": False},
         "algo": {"num_envs": 2, "decisions_per_env": 8, "batch_size": 16, "critic_hidden": [8],
-                 "critic_warmup_iterations": 1}}))
+                 "critic_warmup_iterations": 1, "bc_coeff": 0.5}}))
     assert main(["finetune", "--config", str(config)]) == 0
     saved = json.loads((run / "config.json").read_text())["algo"]
     assert saved["bc_coeff"] == 0.0 and saved["reward_scale"] > 0  # no dataset here: no BC term
+    assert saved["tau"] == QSMConfig().tau  # every setting is saved, defaults too: a new default cannot leak in
     monkeypatch.setattr(autoscale, "_probe", lambda *a, **k: (_ for _ in ()).throw(AssertionError("probed")))
     capsys.readouterr()
     assert main(["finetune", "--config", str(config), "runner.total_env_steps=128", "--resume"]) == 0
     assert "autoscale" not in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["algo"] == saved
+
+
+def test_a_configured_sigma_min_above_the_measured_sigma_max_wins_with_a_warning(reach_policy, monkeypatch):
+    policy, _ = load_policy(reach_policy)
+    scripted_probe(monkeypatch, {0.0075: 90, 0.015: 90, 0.03: 90, 0.06: 90, 0.12: 10})
+    task = TaskSpec("ReachTest-v0", 2, 2, 8, random_score=0.0, expert_score=200.0)
+    with pytest.warns(UserWarning, match="below the configured sigma_min 0.1"):
+        cfg, _ = resolve_auto_settings("reinflow", ReinFlowConfig(sigma_min=0.1), policy, "ReachTest-v0", task,
+                                       log=lambda s: None)
+    assert (cfg.sigma_min, cfg.sigma_max) == (0.1, 0.1)
+
+
+def test_the_default_run_directory_names_the_algorithm_and_env_given_as_overrides(reach_policy, tmp_path,
+                                                                                    monkeypatch):
+    from flowpolicy.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    tiny = ["algo.num_envs=2", "algo.decisions_per_env=8", "algo.batch_size=16", "algo.critic_hidden=[8]",
+            "algo.exploration_noise=0.1", "algo.reward_scale=1.0", "algo.bc_coeff=0", "runner.total_env_steps=32",
+            "runner.eval_every=0", "runner.eval_episodes=2", "runner.progress=false", "torch_threads=1"]
+    assert main(["finetune", "--policy", str(reach_policy), "algorithm=qsm", *tiny]) == 0
+    assert (tmp_path / "runs" / "finetune" / "ReachTest-v0-qsm" / "summary.json").is_file()
