@@ -70,10 +70,8 @@ class ConstantNoise(Sampler):
 
     def transition(self, model_fn, x, k, K, obs):
         mean, _ = self.base.transition(model_fn, x, k, K, obs)
-        std = torch.full_like(k, 1, dtype=x.dtype).unsqueeze(-1) * self.sigma
-        if self.last_only:
-            std = std * (k == K - 1).to(x.dtype).unsqueeze(-1)
-        return mean, std
+        std = torch.full((x.shape[0], 1), self.sigma, dtype=x.dtype, device=x.device)
+        return mean, std * (k == K - 1).to(x.dtype).unsqueeze(-1) if self.last_only else std
 
 
 @dataclass

@@ -255,7 +255,11 @@ class QSMLearner:
         b = self.Q_GRAD_DECAY
         self.q_grad_sq = b * self.q_grad_sq + (1 - b) * grad_q.square().mean()
         self.q_grad_steps += 1
-        return (self.q_grad_sq / (1 - b ** self.q_grad_steps)).sqrt().clamp(min=1e-8)
+        return self.q_grad_rms().clamp(min=1e-8)
+
+    def q_grad_rms(self) -> torch.Tensor:
+        """The running RMS of ∇Q, bias-corrected for the steps averaged so far (as Adam's moments are)."""
+        return (self.q_grad_sq / (1 - self.Q_GRAD_DECAY ** self.q_grad_steps)).sqrt()
 
     # -- rollout -----------------------------------------------------------------------------------
     def collect(self, iteration: int) -> dict:
@@ -346,8 +350,7 @@ class QSMLearner:
         if stats["q_grad_norm"]:
             out["charts/q_grad_norm"] = float(np.mean(stats["q_grad_norm"]))
             if c.q_grad_normalize:
-                corrected = self.q_grad_sq / (1 - self.Q_GRAD_DECAY ** self.q_grad_steps)
-                out["charts/q_grad_scale"] = float(corrected.sqrt())
+                out["charts/q_grad_scale"] = float(self.q_grad_rms())
         out["charts/actor_lr"] = self.actor_opt.param_groups[0]["lr"]
         out["charts/replay_size"] = float(len(self.replay))
         out["charts/gradient_steps"] = float(n_updates)

@@ -5,6 +5,10 @@ flow velocity and the optimal ε-prediction are known in closed form, so sampler
 against the data distribution without training anything.
 """
 
+import subprocess
+import sys
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -134,3 +138,18 @@ def full_and_resumed_runs(make_config, learner_cls, tmp_path, monkeypatch, crash
         finetune(make_config(tmp_path / "resumed"))
     monkeypatch.setattr(learner_cls, "update", original)
     return full, finetune(make_config(tmp_path / "resumed"), resume=True)
+
+
+@pytest.fixture
+def run_cli():
+    """``run_cli(*args) -> stdout`` of ``python -m flowpolicy.cli ARGS`` in the repository, asserting it succeeds
+    (an end-to-end command as a user types it, in its own process)."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "flowpolicy.cli", *map(str, args)], cwd=repo,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    return run

@@ -70,13 +70,8 @@ def test_help_documents_the_oracle():
         assert text in out.stdout, text
 
 
-def test_oracle_collect_pretrain_evaluate(tmp_path):
-    def run(*args):
-        proc = subprocess.run([sys.executable, "-m", "flowpolicy.cli", *args], cwd=REPO, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc.stdout
-
+def test_oracle_collect_pretrain_evaluate(tmp_path, run_cli):
+    run = run_cli
     out = run("collect", "--env", LITE, "--demonstrator", "oracle", "--out", str(tmp_path), "--episodes", "2")
     assert "2 oracle demonstrations" in out and "oracle success 2/" in out
     path = tmp_path / default_dataset_id(LITE)

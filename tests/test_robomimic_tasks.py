@@ -5,8 +5,6 @@ demonstrators, and a tiny collect → pretrain → evaluate path. Skipped where 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,13 +144,8 @@ def test_a_failed_first_grasp_recovers(envs):
 
 
 @pytest.mark.slow
-def test_collect_pretrain_evaluate(tmp_path):
-    def run(*args):
-        proc = subprocess.run([sys.executable, "-m", "flowpolicy.cli", *args], cwd=REPO, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc.stdout
-
+def test_collect_pretrain_evaluate(tmp_path, run_cli):
+    run = run_cli
     out = run("collect", "--env", "RobomimicLift-v0", "--demonstrator", "scripted", "--out", str(tmp_path),
               "--episodes", "3", "--seed", "5")
     path = tmp_path / "lift-scripted.hdf5"
