@@ -209,13 +209,25 @@ def cmd_collect(args: argparse.Namespace) -> int:
     oracles (ocbench.oracles, human-like speed profiles and mistakes) record EPISODES successful episodes
     (--keep-failures keeps failed ones too; at most 3 x EPISODES attempts) as the Minari dataset
     OUT/DATASET_ID (default ocbench/<task>-oracle-v0) with the success criterion info['success'] and the
-    oracle's success rate in its metadata."""
+    oracle's success rate in its metadata. --action-noise SIGMA executes each oracle action plus N(0, SIGMA^2)
+    noise while recording the oracle's own (corrective) action, so the demos show how to recover (DART;
+    0.05 made BC on block-cpu-lite-single work, docs/manipulation.md); the default id then ends -noise5-v0.
+
+    --env-kwarg KEY=VALUE (repeatable; VALUE read as YAML) goes to gym.make for the oracle and scripted
+    demonstrators."""
+    env_kwargs = parse_env_kwargs(args.env_kwarg)
+    if env_kwargs and args.demonstrator == "sac":
+        raise CLIError("--env-kwarg applies to --demonstrator oracle and scripted (the SAC path records the "
+                       "registered task as its expert was trained on it)")
+    if args.action_noise and args.demonstrator != "oracle":
+        raise CLIError("--action-noise applies to --demonstrator oracle only (the scripted demonstrators have "
+                       "their own variability)")
     if args.demonstrator == "oracle":
         from pretrain.oracle import collect_oracle
 
         result = collect_oracle(args.env, args.out, episodes=args.episodes, seed=args.seed,
                                 keep_failures=args.keep_failures, dataset_id=args.dataset_id,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, action_noise=args.action_noise, env_kwargs=env_kwargs)
         print(f"{result.dataset_dir}: {result.episodes} oracle demonstrations, {result.env_steps} env steps "
               f"(mean length {result.length_mean:.0f}); oracle success {result.successes}/{result.attempts} "
               f"= {result.success_rate:.2f}; {result.wall_s:.0f} s")
@@ -226,7 +238,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         from pretrain.scripted import collect_scripted
 
         result = collect_scripted(args.env, args.out, episodes=args.episodes, seed=args.seed,
-                                  name=args.dataset_id, overwrite=args.overwrite)
+                                  name=args.dataset_id, overwrite=args.overwrite, env_kwargs=env_kwargs)
         print(f"{result.path}: {result.episodes} scripted demonstrations, {result.env_steps} env steps "
               f"(mean length {result.length_mean:.0f}); demonstrator success {result.successes}/{result.attempts} "
               f"= {result.success_rate:.2f}; {result.wall_s:.0f} s")
@@ -418,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--keep-failures", action="store_true",
                     help="with --demonstrator oracle: keep the oracle's failed episodes too (default: successful "
                          "ones only)")
+    co.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
+                    help="oracle: execute each action plus N(0, SIGMA^2) noise, record the oracle's (DART "
+                         "recovery data; default 0)")
+    co.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE",
+                    help="keyword argument for gym.make (oracle, scripted; repeatable; VALUE read as YAML)")
     co.add_argument("--dataset-id", default=None,
                     help="Minari id of the dataset (default flowpolicy/<task>-<quality>-v0, e.g. "
                          "flowpolicy/hopper-medium-v0); with --demonstrator scripted the file name without "

@@ -338,7 +338,8 @@ def default_file_name(env_id: str) -> str:
 def collect_scripted(env_id: str, out: str | Path, episodes: int = 50, seed: int = 0, keep_failures: bool = False,
                      max_attempts: int | None = None, val_fraction: float = 0.1, name: str | None = None,
                      overwrite: bool = False, fail_prob: float = 0.15, variability: float = 1.0,
-                     compression: str | None = "gzip", progress: bool = True) -> ScriptedCollectResult:
+                     compression: str | None = "gzip", progress: bool = True,
+                     env_kwargs: dict | None = None) -> ScriptedCollectResult:
     """Record ``episodes`` demonstrations of a robomimic task (``Robomimic*`` id) by its scripted demonstrator
     into ``out/<name>.hdf5`` (default ``<task>-scripted``, e.g. ``lift-scripted.hdf5``) in robomimic's layout:
     robosuite ``env_args`` (type 1), robomimic's low-dim obs keys, ``states``, ``mask/train`` and
@@ -347,7 +348,8 @@ def collect_scripted(env_id: str, out: str | Path, episodes: int = 50, seed: int
     Attempt i is reset with ``seed + i``. Only successful episodes are kept (as in robomimic's PH/MH
     datasets) unless ``keep_failures``; attempts stop at ``episodes`` kept or ``max_attempts`` (default
     3 × episodes). The demonstrator's success rate over all attempts is stored in ``data.attrs`` and returned.
-    An existing file is refused unless ``overwrite`` (then replaced only once the new one is written)."""
+    ``env_kwargs`` go to ``gym.make`` (the file's ``env_args`` record the env they make). An existing file is
+    refused unless ``overwrite`` (then replaced only once the new one is written)."""
     import time
 
     from envs.registry import make_gym_env
@@ -366,7 +368,7 @@ def collect_scripted(env_id: str, out: str | Path, episodes: int = 50, seed: int
     path = Path(out).expanduser() / f"{name or default_file_name(env_id)}.hdf5"
     if path.exists() and not overwrite:
         raise CollectError(f"{path} already exists; pass --overwrite to replace it")
-    env = make_gym_env(env_id)
+    env = make_gym_env(env_id, **(env_kwargs or {}))
     kept, attempts, successes = [], 0, 0
     try:
         base = env.unwrapped
@@ -390,7 +392,8 @@ def collect_scripted(env_id: str, out: str | Path, episodes: int = 50, seed: int
         raise CollectError(f"{env_id}: the scripted demonstrator succeeded in none of {attempts} attempts")
     info = {"demonstrator": "scripted", "attempts": attempts, "successes": successes,
             "success_rate": successes / attempts, "kept_failures": keep_failures, "first_seed": seed,
-            "fail_prob": fail_prob, "variability": variability, "collected_by": "flowpolicy collect"}
+            "fail_prob": fail_prob, "variability": variability, "env_kwargs": dict(env_kwargs or {}),
+            "collected_by": "flowpolicy collect"}
     write_robomimic_hdf5(path, kept, env_id, obs_keys=dims, env_args=env_args,
                          val_fraction=val_fraction if len(kept) > 1 else None, split_seed=seed,
                          compression=compression, attrs={"flowpolicy_collect": info})

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ocbench.oracles", reason="ocbench not installed (pip install 'flowpolicy[manipulation]')")
@@ -30,6 +31,8 @@ def test_oracle_family_and_dataset_id():
     assert oracle_family(LITE) == "block" and oracle_family("chamber-cpu-easy-task2-v0") == "chamber"
     assert oracle_family("Hopper-v5") is None and oracle_family("visual-block-cpu-single-task1-v0") is None
     assert default_dataset_id(LITE) == "ocbench/block-cpu-lite-single-task1-oracle-v0"
+    assert default_dataset_id(LITE, 0.05) == "ocbench/block-cpu-lite-single-task1-oracle-noise5-v0"
+    assert default_dataset_id(LITE, 0.025) == "ocbench/block-cpu-lite-single-task1-oracle-noise2p5-v0"
 
 
 def test_oracle_episode_is_reproducible_and_succeeds():
@@ -44,7 +47,37 @@ def test_oracle_episode_is_reproducible_and_succeeds():
     assert (first.episode.actions == again.episode.actions).all()
 
 
+def test_action_noise_is_executed_but_not_recorded():
+    """DART: the env executes the oracle's action plus noise, the episode records the oracle's action — so
+    replaying the recorded actions does not reproduce the recorded states; σ = 0 is the plain oracle, and
+    the noise leaves the oracle's own random draws (NumPy's global generator) untouched."""
+    env = make_gym_env(LITE)
+    try:
+        oracle = make_oracle(env, "block")
+        clean = run_oracle_episode(env, oracle, 3)
+        zero = run_oracle_episode(env, oracle, 3, action_noise=0.0)
+        noisy = run_oracle_episode(env, oracle, 3, action_noise=0.05)
+        noisy_again = run_oracle_episode(env, oracle, 3, action_noise=0.05)
+        assert (zero.episode.actions == clean.episode.actions).all()
+        assert (noisy.episode.actions == noisy_again.episode.actions).all()  # seeded per attempt
+        assert noisy.speed == clean.speed  # the oracle drew the same episode parameters
+        assert noisy.episode.length != clean.episode.length or not np.allclose(
+            noisy.episode.observations, clean.episode.observations)
+        assert np.abs(noisy.episode.actions).max() <= 1.0
+        # the recorded actions are the oracle's: replayed without the noise they leave the recorded path
+        np.random.seed(3)  # noqa: NPY002
+        obs, _ = env.reset(seed=3)
+        replayed = [obs]
+        for action in noisy.episode.actions:
+            obs, *_ = env.step(action)
+            replayed.append(obs)
+        assert np.abs(np.stack(replayed) - noisy.episode.observations).max() > 1e-3
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("env_id, extra, message", [
+    (LITE, ["--action-noise", "-0.1"], "action_noise must be a number in [0, 1)"),
     ("Hopper-v5", [], "'Hopper-v5' is not an OCBench CPU task"),
     (LITE, ["--episodes", "0"], "episodes must be an integer >= 1"),
     (LITE, ["--dataset-id", "ns/a.b-v0"], "not '.'"),
@@ -62,11 +95,21 @@ def test_keep_failures_needs_the_oracle(tmp_path, capsys):
     assert "--keep-failures applies to --demonstrator oracle only" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--action-noise", "0.05"], "--action-noise applies to --demonstrator oracle only"),
+    (["--env-kwarg", "x=1"], "--env-kwarg applies to --demonstrator oracle and scripted"),
+])
+def test_oracle_options_need_the_oracle(tmp_path, capsys, extra, message):
+    assert cli_main(["collect", "--env", "Hopper-v5", "--out", str(tmp_path / "d"), *extra]) == 1
+    assert message in capsys.readouterr().err
+
+
 def test_help_documents_the_oracle():
     out = subprocess.run([sys.executable, "-m", "flowpolicy.cli", "collect", "--help"], capture_output=True,
                          text=True, cwd=REPO)
     assert out.returncode == 0
-    for text in ("oracle", "--keep-failures", "ocbench/<task>-oracle-v0", "ocbench.oracles"):
+    for text in ("oracle", "--keep-failures", "ocbench/<task>-oracle-v0", "ocbench.oracles", "--action-noise",
+                 "DART", "--env-kwarg"):
         assert text in out.stdout, text
 
 
@@ -87,3 +130,12 @@ def test_oracle_collect_pretrain_evaluate(tmp_path, run_cli):
     result = json.loads(run("evaluate", "--checkpoint", str(tmp_path / "bc" / "policy"), "--episodes", "1", "--json"))
     assert result["env"] == LITE and result["episodes"] == 1 and "success_rate" in result
     assert 0.0 <= result["success_rate"] <= 1.0
+
+
+def test_oracle_collect_with_noise_and_env_kwargs(tmp_path, run_cli):
+    out = run_cli("collect", "--env", LITE, "--demonstrator", "oracle", "--out", str(tmp_path), "--episodes", "1",
+                  "--action-noise", "0.02", "--env-kwarg", "terminate_at_success=true")
+    assert "1 oracle demonstrations" in out
+    episodes, info = load_minari_dataset(tmp_path / default_dataset_id(LITE, 0.02))
+    assert info["action_noise"] == 0.02 and "DART" in info["recorded_actions"]
+    assert info["env_kwargs"] == {"terminate_at_success": True}
