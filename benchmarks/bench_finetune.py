@@ -1,11 +1,13 @@
-"""Learning curves of a fine-tuning method: normalized score at env-step budgets over several seeds.
+"""Learning curves of a fine-tuning method: success rate or normalized score at env-step budgets over seeds.
 
     python benchmarks/bench_finetune.py --config configs/hopper/reinflow.yaml --seeds 0 1 2 \
         --budgets 500000 1000000 2000000 --name reinflow_hopper
 
 Runs ``flowpolicy finetune`` once per seed up to the largest budget (runs/bench/<name>/seed<S>), reads the
 periodic deterministic evaluations from TensorBoard, and writes docs/results/<name>.json (score and wall
-time at each budget: the last evaluation at or before it) and docs/results/<name>.png (curves).
+time at each budget: the last evaluation at or before it) and docs/results/<name>.png (curves). The metric
+is the evaluation success rate where the task reports success (manipulation), else the normalized score
+where the task has reference scores, else the return.
 Existing finished runs are reused and unfinished ones resume from their last checkpoint, so an interrupted
 benchmark can be re-run. ``--report-only`` trains nothing: it reports the runs as they stand (a budget a
 run has not reached yet reports its latest evaluation, and docs/results/<name>.json records each run's
@@ -29,9 +31,10 @@ from flowpolicy.config import load_config
 def eval_curve(run_dir: Path) -> dict[str, list[float]]:
     returns = read_scalars(run_dir, "eval/return")
     curve = {"steps": [int(s) for s in returns[:, 0]], "return": returns[:, 1].tolist()}
-    score = read_scalars(run_dir, "eval/normalized_score")
-    if len(score):
-        curve["normalized_score"] = score[:, 1].tolist()
+    for tag in ("normalized_score", "success_rate"):
+        values = read_scalars(run_dir, f"eval/{tag}")
+        if len(values):
+            curve[tag] = values[:, 1].tolist()
     wall = dict(read_scalars(run_dir, "eval/wall_s").tolist())
     curve["wall_s"] = [wall.get(s, 0.0) for s in curve["steps"]]
     return curve
@@ -70,7 +73,7 @@ def main() -> None:
         curves[seed] = eval_curve(run_dir)
         curves[seed]["finished"] = (run_dir / "summary.json").exists()
 
-    key = "normalized_score" if all("normalized_score" in c for c in curves.values()) else "return"
+    key = next((k for k in ("success_rate", "normalized_score") if all(k in c for c in curves.values())), "return")
     table = []
     for budget in [0, *args.budgets]:
         values = [at_budget(c, key, budget) for c in curves.values()]
@@ -79,8 +82,9 @@ def main() -> None:
                       f"{key}_per_seed": scores.tolist(), "wall_s_mean": float(walls.mean())})
         reached = sum(c["finished"] or c["steps"][-1] >= budget for c in curves.values())
         table[-1]["seeds_reaching"] = int(reached)
-        print(f"{budget:>9,} env steps: {key} {scores.mean():7.1f} ± {scores.std():5.1f}  "
-              f"(seeds {np.round(scores, 1).tolist()}), wall {walls.mean():6.0f} s"
+        digits = 2 if key == "success_rate" else 1
+        print(f"{budget:>9,} env steps: {key} {scores.mean():7.{digits}f} ± {scores.std():5.{digits}f}  "
+              f"(seeds {np.round(scores, digits).tolist()}), wall {walls.mean():6.0f} s"
               + ("" if reached == len(curves) else f"  [only {reached}/{len(curves)} runs reached it]"))
     os.makedirs("docs/results", exist_ok=True)
     result = {"config": args.config, "overrides": args.overrides, "seeds": list(curves), "metric": key,

@@ -139,3 +139,20 @@ def test_oracle_collect_with_noise_and_env_kwargs(tmp_path, run_cli):
     episodes, info = load_minari_dataset(tmp_path / default_dataset_id(LITE, 0.02))
     assert info["action_noise"] == 0.02 and "DART" in info["recorded_actions"]
     assert info["env_kwargs"] == {"terminate_at_success": True}
+
+
+def test_shipped_block_lite_policy_acts_on_its_env():
+    """The shipped BC policy (data card: data/cards/ocbench-oracle.md) loads, names its shipped dataset, and acts
+    on its env's observation with in-range actions."""
+    from flowpolicy.agent import load_agent
+
+    agent = load_agent(REPO / "data/policies/block-lite-single-flow-bc")
+    assert agent.metadata["env_id"] == LITE
+    assert (REPO / agent.metadata["dataset"]).is_dir()
+    env = make_gym_env(LITE)
+    try:
+        obs, _ = env.reset(seed=0)
+        actions = agent.act(obs[None])
+    finally:
+        env.close()
+    assert actions.shape == (1, 7) and np.all(np.abs(actions) <= 1.0)

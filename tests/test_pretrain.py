@@ -111,8 +111,9 @@ def test_shipped_configs_are_valid():
 
     for path in Path("configs").glob("*/pretrain.yaml"):
         cfg = load_config(PretrainConfig, path)
-        # locomotion: chunk 4, all executed; robomimic (Lift, Can): chunk 8, 4 executed per decision
-        horizon, act_steps = (8, 4) if cfg.env_id.startswith("Robomimic") else (4, 4)
+        # locomotion: chunk 4, all executed; manipulation (robomimic Lift, Can; OCBench): chunk 8, 4 executed
+        manipulation = cfg.env_id.startswith(("Robomimic", "block-cpu", "chamber-cpu"))
+        horizon, act_steps = (8, 4) if manipulation else (4, 4)
         assert cfg.policy["kind"] == "flow" and cfg.policy["num_steps"] == 4, path
         assert (cfg.policy["horizon"], cfg.policy["act_steps"]) == (horizon, act_steps), path
         assert Path(cfg.dataset).exists() or not cfg.env_id.startswith("Robomimic"), path
