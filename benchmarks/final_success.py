@@ -1,0 +1,64 @@
+"""Success rate of final policies on many held-out episodes: a precise before → after for sparse tasks.
+
+    python benchmarks/final_success.py --policies data/policies/block-lite-single-flow-bc \
+        --runs runs/bench/reinflow_block-lite-single runs/bench/qsm_block-lite-single \
+        --episodes 100 --seed 10000 --out docs/results/block-lite-single_final.json
+
+The runner's periodic evaluations (20 episodes) measure a success rate of 0.15 to ± 0.08; a learning curve
+of them shows trends, not a before → after. This evaluates each policy once on ``--episodes`` episodes reset
+with seeds ``seed … seed + episodes − 1`` (disjoint from the runs' evaluation seeds), deterministic sampler at
+the policy's K, exactly as ``flowpolicy evaluate --episodes N --seed S`` does, and writes per policy the
+success rate, its binomial standard error and the successes. ``--runs`` takes benchmark directories
+(``runs/bench/<name>``: every ``seed*/policy`` in it) or run directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from envs.evaluation import evaluate_agent
+from flowpolicy.agent import load_agent
+
+
+def policy_dirs(paths: list[str]) -> list[Path]:
+    found = []
+    for raw in paths:
+        path = Path(raw)
+        found += [path / "policy"] if (path / "policy").is_dir() else sorted(path.glob("seed*/policy"))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policies", nargs="*", default=[], help="policy checkpoints (e.g. the BC policy)")
+    parser.add_argument("--runs", nargs="*", default=[], help="benchmark or run directories (their final policy)")
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=10000)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    results = {}
+    for path in [Path(p) for p in args.policies] + policy_dirs(args.runs):
+        agent = load_agent(path, seed=args.seed)
+        env_id = agent.metadata["env_id"]
+        start = time.time()
+        summary = evaluate_agent(agent, env_id, args.episodes, seed=args.seed,
+                                 options=agent.metadata.get("env_options"), **(agent.metadata.get("env_kwargs") or {}))
+        successes = [bool(s) for s in summary.successes]
+        rate = float(np.mean(successes))
+        results[str(path)] = {"env_id": env_id, "episodes": args.episodes, "seed": args.seed, "success_rate": rate,
+                              "stderr": float(np.sqrt(rate * (1 - rate) / args.episodes)),
+                              "successes": int(sum(successes)), "wall_s": round(time.time() - start, 1)}
+        print(f"{path}: success {rate:.2f} ± {results[str(path)]['stderr']:.2f} ({sum(successes)}/{args.episodes})",
+              flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
