@@ -7,7 +7,8 @@ Runs ``flowpolicy finetune`` once per seed up to the largest budget (runs/bench/
 periodic deterministic evaluations from TensorBoard, and writes docs/results/<name>.json (score and wall
 time at each budget: the last evaluation at or before it) and docs/results/<name>.png (curves). The metric
 is the evaluation success rate where the task reports success (manipulation), else the normalized score
-where the task has reference scores, else the return.
+where the task has reference scores, else the return (so robomimic runs report success rates, where results
+recorded before this choice reported returns).
 Existing finished runs are reused and unfinished ones resume from their last checkpoint, so an interrupted
 benchmark can be re-run. ``--report-only`` trains nothing: it reports the runs as they stand (a budget a
 run has not reached yet reports its latest evaluation, and docs/results/<name>.json records each run's
@@ -31,10 +32,10 @@ from flowpolicy.config import load_config
 def eval_curve(run_dir: Path) -> dict[str, list[float]]:
     returns = read_scalars(run_dir, "eval/return")
     curve = {"steps": [int(s) for s in returns[:, 0]], "return": returns[:, 1].tolist()}
-    for tag in ("normalized_score", "success_rate"):
-        values = read_scalars(run_dir, f"eval/{tag}")
-        if len(values):
-            curve[tag] = values[:, 1].tolist()
+    for tag in ("normalized_score", "success_rate"):  # logged with eval/return: matched by step, not position
+        values = dict(read_scalars(run_dir, f"eval/{tag}").tolist())
+        if values:
+            curve[tag] = [values[s] for s in curve["steps"]]
     wall = dict(read_scalars(run_dir, "eval/wall_s").tolist())
     curve["wall_s"] = [wall.get(s, 0.0) for s in curve["steps"]]
     return curve

@@ -26,10 +26,20 @@ from flowpolicy.agent import load_agent
 
 
 def policy_dirs(paths: list[str]) -> list[Path]:
+    """Each run's final policy; a path with none, or a benchmark with an unfinished seed, is an error (a before →
+    after must not rest on fewer seeds than it says)."""
     found = []
     for raw in paths:
         path = Path(raw)
-        found += [path / "policy"] if (path / "policy").is_dir() else sorted(path.glob("seed*/policy"))
+        if (path / "policy").is_dir():
+            found.append(path / "policy")
+            continue
+        seeds = sorted(p for p in path.glob("seed*") if p.is_dir())
+        missing = [p.name for p in seeds if not (p / "policy").is_dir()]
+        if not seeds or missing:
+            raise SystemExit(f"{path}: no final policy in {', '.join(missing) if missing else 'it'} "
+                             "(a run directory with policy/, or runs/bench/<name> with finished seed*/)")
+        found += [p / "policy" for p in seeds]
     return found
 
 
@@ -48,6 +58,8 @@ def main() -> None:
         start = time.time()
         summary = evaluate_agent(agent, env_id, args.episodes, seed=args.seed,
                                  options=agent.metadata.get("env_options"), **(agent.metadata.get("env_kwargs") or {}))
+        if summary.successes is None:
+            raise SystemExit(f"{path}: {env_id} reports no success signal; use flowpolicy evaluate for returns")
         successes = [bool(s) for s in summary.successes]
         rate = float(np.mean(successes))
         results[str(path)] = {"env_id": env_id, "episodes": args.episodes, "seed": args.seed, "success_rate": rate,

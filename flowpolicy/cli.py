@@ -211,7 +211,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     OUT/DATASET_ID (default ocbench/<task>-oracle-v0) with the success criterion info['success'] and the
     oracle's success rate in its metadata. --action-noise SIGMA executes each oracle action plus N(0, SIGMA^2)
     noise while recording the oracle's own (corrective) action, so the demos show how to recover (DART;
-    0.05 made BC on block-cpu-lite-single work, docs/manipulation.md); the default id then ends -noise5-v0.
+    with 0.05 BC on block-cpu-lite-single reached 0.14-0.22 instead of 0-0.05, docs/manipulation.md); the
+    default id then ends -noise5-v0.
 
     --env-kwarg KEY=VALUE (repeatable; VALUE read as YAML) goes to gym.make for the oracle and scripted
     demonstrators."""

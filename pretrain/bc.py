@@ -15,7 +15,8 @@ logged to TensorBoard; the run directory ends up with::
 A run never replaces an earlier one: an ``out`` that exists and is not empty is refused unless
 ``overwrite: true`` (``flowpolicy pretrain --overwrite``); then the earlier run's outputs are removed only
 after the config, env and dataset checks have passed, so a failing start changes nothing. The dataset must
-have been recorded on ``env_id`` (checked by env id, not only by shape) unless ``allow_env_mismatch: true``.
+have been recorded on ``env_id`` (checked by env id, not only by shape) and with the config's ``env_kwargs`` (when
+the dataset records them) unless ``allow_env_mismatch: true``.
 The evaluations use the run's ``seed`` as evaluation seed (episode k reset with ``seed + k``), so
 ``flowpolicy evaluate --checkpoint OUT/policy --seed SEED --episodes EVAL_EPISODES`` reports the same return.
 """
@@ -88,7 +89,8 @@ class PretrainConfig:
     torch_threads: int = param(0, "torch CPU threads (0: leave torch's default)", ge=0)
     policy: dict = param({}, "PolicyConfig fields except obs_dim/action_dim (see the policy.* keys)")
     train: BCTrainConfig = field(default_factory=BCTrainConfig)
-    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id (deliberate cross-env use)")
+    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id or with other env kwargs "
+                                     "(deliberate cross-env use)")
     overwrite: bool = param(False, "replace an earlier run in out (same as pretrain --overwrite)")
 
     def __post_init__(self):
@@ -173,6 +175,11 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     episodes, data_meta = load_demonstrations(cfg.dataset, cfg.data_dir, env_id=cfg.env_id, obs_dim=task.obs_dim,
                                               action_dim=task.action_dim,
                                               allow_env_mismatch=cfg.allow_env_mismatch)
+    recorded_kwargs = data_meta.get("env_kwargs") or {}  # `collect --env-kwarg` records them with the data
+    if isinstance(recorded_kwargs, dict) and recorded_kwargs != cfg.env_kwargs and not cfg.allow_env_mismatch:
+        raise ConfigError(f"dataset {cfg.dataset} was recorded with env_kwargs {recorded_kwargs}, this config makes "
+                          f"the env with {cfg.env_kwargs}: set env_kwargs to the dataset's (the policy is evaluated "
+                          f"on the env they make), or allow_env_mismatch=true for a deliberate mismatch")
     policy_cfg = from_dict(PolicyConfig, {**cfg.policy, "obs_dim": task.obs_dim, "action_dim": task.action_dim},
                            prefix="policy")
     if previous:  # overwrite=true and the checks passed: clear the earlier run's outputs

@@ -21,7 +21,8 @@ BC policy trained on 500 clean demos succeeded in 0–5 % of episodes although i
 the gripper early and turned the wrist away). With ``action_noise`` σ > 0 each executed action is the oracle's
 plus Gaussian noise N(0, σ²) (clipped to the action box) while the *recorded* action is the oracle's own,
 which corrects the perturbation it sees — Laskey et al.'s DART ("Noise Injection for Robust Imitation
-Learning", 2017). The same 300 demos with σ = 0.05 gave 37 %. The noise comes from its own generator seeded
+Learning", 2017). 300 demos recorded with σ = 0.05 cloned to 0.14–0.22 (docs/manipulation.md has the
+table). The noise comes from its own generator seeded
 per attempt, so the oracle's draws (NumPy's global generator) are unchanged and σ = 0 records exactly what
 it recorded before. A recorded transition's next observation follows the *executed* action; the metadata
 says so (``action_noise``, ``recorded_actions``).

@@ -63,7 +63,6 @@ def test_action_noise_is_executed_but_not_recorded():
         assert noisy.speed == clean.speed  # the oracle drew the same episode parameters
         assert noisy.episode.length != clean.episode.length or not np.allclose(
             noisy.episode.observations, clean.episode.observations)
-        assert np.abs(noisy.episode.actions).max() <= 1.0
         # the recorded actions are the oracle's: replayed without the noise they leave the recorded path
         np.random.seed(3)  # noqa: NPY002
         obs, _ = env.reset(seed=3)
@@ -74,6 +73,27 @@ def test_action_noise_is_executed_but_not_recorded():
         assert np.abs(np.stack(replayed) - noisy.episode.observations).max() > 1e-3
     finally:
         env.close()
+
+
+def test_action_noise_draws_only_from_its_own_generator(monkeypatch):
+    """With the noise generator returning zeros, a 'noisy' episode is the clean one exactly: the noise is drawn
+    from nowhere else, and drawing it does not shift the oracle's own random stream."""
+    import pretrain.oracle as oracle_module
+
+    class Zeros:
+        def standard_normal(self, shape):
+            return np.zeros(shape)
+
+    env = make_gym_env(LITE)
+    try:
+        oracle = make_oracle(env, "block")
+        clean = run_oracle_episode(env, oracle, 4)
+        monkeypatch.setattr(oracle_module, "noise_generator", lambda seed: Zeros())
+        zero_noise = run_oracle_episode(env, oracle, 4, action_noise=0.05)
+    finally:
+        env.close()
+    assert (zero_noise.episode.actions == clean.episode.actions).all()
+    assert (zero_noise.episode.observations == clean.episode.observations).all()
 
 
 @pytest.mark.parametrize("env_id, extra, message", [
@@ -132,13 +152,25 @@ def test_oracle_collect_pretrain_evaluate(tmp_path, run_cli):
     assert 0.0 <= result["success_rate"] <= 1.0
 
 
-def test_oracle_collect_with_noise_and_env_kwargs(tmp_path, run_cli):
+def test_oracle_collect_with_noise_and_env_kwargs(tmp_path, run_cli, capsys):
     out = run_cli("collect", "--env", LITE, "--demonstrator", "oracle", "--out", str(tmp_path), "--episodes", "1",
-                  "--action-noise", "0.02", "--env-kwarg", "terminate_at_success=true")
+                  "--action-noise", "0.02", "--env-kwarg", "terminate_at_success=false")
     assert "1 oracle demonstrations" in out
     episodes, info = load_minari_dataset(tmp_path / default_dataset_id(LITE, 0.02))
     assert info["action_noise"] == 0.02 and "DART" in info["recorded_actions"]
-    assert info["env_kwargs"] == {"terminate_at_success": True}
+    assert info["env_kwargs"] == {"terminate_at_success": False}
+    # the kwarg reached the env: a successful episode no longer ends at its success, it runs to the horizon
+    assert episodes[0].length == 200 and episodes[0].truncated
+    # behavior cloning refuses the dataset unless the config makes the env with the same kwargs
+    dataset = tmp_path / default_dataset_id(LITE, 0.02)
+    base = ["pretrain", "--config", str(REPO / "configs/hopper/pretrain.yaml"), f"env_id={LITE}", f"dataset={dataset}",
+            "train.steps=2", "train.warmup_steps=1", "train.eval_every=0", "train.eval_episodes=0",
+            "train.checkpoint_every=0", "train.val_every=2", "torch_threads=1"]
+    capsys.readouterr()
+    assert cli_main([*base, f"out={tmp_path / 'bc_refused'}"]) == 1
+    err = capsys.readouterr().err
+    assert "was recorded with env_kwargs {'terminate_at_success': False}" in err and err.count("\n") == 1
+    run_cli(*base, f"out={tmp_path / 'bc'}", "env_kwargs.terminate_at_success=false")
 
 
 def test_shipped_block_lite_policy_acts_on_its_env():
