@@ -51,7 +51,8 @@ class CFGRLConfig(RolloutConfig):
     num_envs: int = redefault(RolloutConfig, "num_envs", 4)
     mode: Literal["offline", "online"] = param("offline", "offline: the dataset only; online: with env rollouts")
     dataset: str = param("", "the demonstrations: all the data offline, the replay's seed online")
-    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id (deliberate cross-env use)")
+    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id or with other env kwargs "
+                                     "(deliberate cross-env use)")
     guidance: float = param(1.5, "w for rollouts, evaluation and the saved policy (sweep others at evaluation)")
     label_dropout: float = param(0.1, "probability of dropping the optimality label to ∅", ge=0, lt=1)
     label_dim: int = param(16, "size of the label embedding", ge=1)
@@ -138,7 +139,7 @@ class CFGRLLearner:
             raise ConfigError(f"demo_fraction must lie in [0, 1), got {config.demo_fraction}")
         self.online = config.mode == "online"
         demos = demonstration_transitions(self.policy, config.dataset, config.reward_scale, env_id,
-                                          config.allow_env_mismatch)
+                                          config.allow_env_mismatch, env_kwargs)
         capacity = len(demos["cond"]) if config.mode == "offline" else max(config.buffer_size, len(demos["cond"]))
         self.replay = ReplayBuffer(capacity, pc.cond_dim, pc.chunk_dim, self.device)
         self.demos = None  # a separate demonstration buffer when batches mix it in at a fixed share

@@ -108,7 +108,8 @@ class QSMConfig(RolloutConfig):
                                 "null with bc_coeff > 0: the dataset the BC policy was trained on)")
     bc_coeff: float = param(0.5, "weight of a BC loss on demonstration batches in the actor loss (needs dataset)",
                             ge=0)
-    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id (deliberate cross-env use)")
+    allow_env_mismatch: bool = param(False, "accept a dataset recorded on another env id or with other env kwargs "
+                                     "(deliberate cross-env use)")
 
 
 
@@ -219,7 +220,7 @@ class QSMLearner:
         self.demos = None  # the demonstrations apart, for the BC term
         if config.dataset:
             demos = demonstration_transitions(self.policy, config.dataset, config.reward_scale, env_id,
-                                              config.allow_env_mismatch)
+                                              config.allow_env_mismatch, env_kwargs)
             self.replay.add(**demos)
             if config.bc_coeff:
                 self.demos = ReplayBuffer(len(demos["cond"]), pc.cond_dim, pc.chunk_dim, self.device)

@@ -78,14 +78,15 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Ten
 
 
 def demonstration_transitions(policy: Policy, source: str, reward_scale: float = 1.0, env_id: str | None = None,
-                              allow_env_mismatch: bool = False) -> dict[str, torch.Tensor]:
+                              allow_env_mismatch: bool = False, env_kwargs: dict | None = None
+                              ) -> dict[str, torch.Tensor]:
     """A demonstration dataset (Minari directory/id or robomimic hdf5) as decision-level transitions for
     :meth:`ReplayBuffer.add`: every H = act_steps env steps from each episode start, the chunk a_t…a_{t+H'−1}
     (H' = the policy's horizon, padded with the last action as BC does), the summed rewards of the steps
     inside the episode (× ``reward_scale``), the next observation o_{t+H} (the final one at the end) and
     ``terminated`` only on the last decision of a terminated episode. With ``env_id`` the dataset must have
-    been recorded on that env (unless ``allow_env_mismatch``: config key ``algo.allow_env_mismatch``); its
-    sizes must match the policy's in any case — one-line ``DatasetError``s."""
+    been recorded on that env with ``env_kwargs`` (unless ``allow_env_mismatch``: config key
+    ``algo.allow_env_mismatch``); its sizes must match the policy's in any case — one-line ``DatasetError``s."""
     from pretrain.bc import load_demonstrations
     from pretrain.datasets import check_dataset_env, check_matches_env
 
@@ -93,7 +94,7 @@ def demonstration_transitions(policy: Policy, source: str, reward_scale: float =
     episodes, meta = load_demonstrations(source)
     if env_id:
         check_dataset_env(meta.get("env_id"), env_id, f"dataset {source}", allow_env_mismatch,
-                          "algo.allow_env_mismatch: true")
+                          "algo.allow_env_mismatch: true", meta.get("env_kwargs"), env_kwargs)
     check_matches_env(episodes, pc.obs_dim, pc.action_dim, f"dataset {source}", env_id or "the policy")
     H, device = pc.act_steps, policy.device
     parts: dict[str, list] = {"cond": [], "actions": [], "rewards": [], "next_cond": [], "terminated": []}

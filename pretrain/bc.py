@@ -101,13 +101,15 @@ class PretrainConfig:
 
 def load_demonstrations(source: str, data_dir: str | None = None, env_id: str | None = None,
                         obs_dim: int | None = None, action_dim: int | None = None,
-                        allow_env_mismatch: bool = False, override_key: str = "allow_env_mismatch"):
+                        allow_env_mismatch: bool = False, override_key: str = "allow_env_mismatch",
+                        env_kwargs: dict | None = None):
     """Episodes and metadata from a Minari dataset (id or directory) or a robomimic-layout hdf5 file.
 
     With ``env_id``: the env id the dataset records (Minari's ``env_spec``, or robomimic's
-    ``env_args["env_name"]``) must name that env — a one-line :class:`DatasetError` otherwise, even when
-    the dimensions agree, unless ``allow_env_mismatch``. With ``obs_dim``/``action_dim``: every episode
-    must have those sizes (checked whatever ``allow_env_mismatch`` says)."""
+    ``env_args["env_name"]``) must name that env, and the env kwargs it records (if any) be ``env_kwargs`` — a
+    one-line :class:`DatasetError` otherwise, even when the dimensions agree, unless ``allow_env_mismatch``.
+    With ``obs_dim``/``action_dim``: every episode must have those sizes (checked whatever
+    ``allow_env_mismatch`` says)."""
     if not source:
         raise ConfigError("dataset: no dataset given (a Minari dataset directory or id, or a .hdf5 file)")
     if source.endswith((".hdf5", ".h5")):
@@ -116,7 +118,7 @@ def load_demonstrations(source: str, data_dir: str | None = None, env_id: str | 
         episodes, meta = load_minari_dataset(source, data_dir)
     if env_id is not None:
         check_dataset_env(meta.get("env_id"), env_id, f"dataset {source}", allow_env_mismatch,
-                          f"{override_key}: true")
+                          f"{override_key}: true", meta.get("env_kwargs"), env_kwargs)
         if obs_dim is not None and action_dim is not None:
             check_matches_env(episodes, obs_dim, action_dim, f"dataset {source}", env_id)
     return episodes, meta
@@ -174,12 +176,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     task = get_task(cfg.env_id, cfg.env_options, **cfg.env_kwargs)
     episodes, data_meta = load_demonstrations(cfg.dataset, cfg.data_dir, env_id=cfg.env_id, obs_dim=task.obs_dim,
                                               action_dim=task.action_dim,
-                                              allow_env_mismatch=cfg.allow_env_mismatch)
-    recorded_kwargs = data_meta.get("env_kwargs") or {}  # `collect --env-kwarg` records them with the data
-    if isinstance(recorded_kwargs, dict) and recorded_kwargs != cfg.env_kwargs and not cfg.allow_env_mismatch:
-        raise ConfigError(f"dataset {cfg.dataset} was recorded with env_kwargs {recorded_kwargs}, this config makes "
-                          f"the env with {cfg.env_kwargs}: set env_kwargs to the dataset's (the policy is evaluated "
-                          f"on the env they make), or allow_env_mismatch=true for a deliberate mismatch")
+                                              allow_env_mismatch=cfg.allow_env_mismatch, env_kwargs=cfg.env_kwargs)
     policy_cfg = from_dict(PolicyConfig, {**cfg.policy, "obs_dim": task.obs_dim, "action_dim": task.action_dim},
                            prefix="policy")
     if previous:  # overwrite=true and the checks passed: clear the earlier run's outputs

@@ -119,13 +119,20 @@ def same_env_id(a: str, b: str) -> bool:
 
 
 def check_dataset_env(dataset_env_id: str | None, env_id: str, source: str, allow_mismatch: bool = False,
-                      override: str = "allow_env_mismatch=true") -> None:
+                      override: str = "allow_env_mismatch=true", dataset_env_kwargs: dict | None = None,
+                      env_kwargs: dict | None = None) -> None:
     """Raise :class:`DatasetError` when a dataset recorded for another env is used for ``env_id`` — even when
-    the dimensions agree (a Walker2d dataset for HalfCheetah) — unless ``allow_mismatch`` (deliberate
-    cross-env use). A dataset that records no env id cannot be checked and passes."""
-    if dataset_env_id and not allow_mismatch and not same_env_id(str(dataset_env_id), env_id):
+    the dimensions agree (a Walker2d dataset for HalfCheetah) — or recorded with other env kwargs than
+    ``env_kwargs`` (``flowpolicy collect --env-kwarg`` records them), unless ``allow_mismatch`` (deliberate
+    cross-env use). A dataset that records no env id (no kwargs) cannot be checked for it and passes."""
+    if allow_mismatch:
+        return
+    if dataset_env_id and not same_env_id(str(dataset_env_id), env_id):
         raise DatasetError(f"{source} was recorded on {dataset_env_id}, not {env_id}; use a dataset of {env_id} "
                            f"(or set {override} for deliberate cross-env use)")
+    if isinstance(dataset_env_kwargs, dict) and dataset_env_kwargs != (env_kwargs or {}):
+        raise DatasetError(f"{source} was recorded with env_kwargs {dataset_env_kwargs}, not {env_kwargs or {}}; "
+                           f"make the env with the dataset's kwargs (or set {override} for deliberate use)")
 
 
 def split_episodes(episodes: list[Episode], val_fraction: float, seed: int) -> tuple[list[Episode], list[Episode]]:

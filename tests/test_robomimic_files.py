@@ -148,3 +148,15 @@ def test_importing_the_registry_and_task_module_does_not_import_robosuite():
             "assert 'robosuite' not in sys.modules\n"
             "assert 'RobomimicSquare-v0' in gym.registry and gym.spec('RobomimicSquare-v0').max_episode_steps == 400\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_dataset_env_check_compares_recorded_env_kwargs():
+    """A dataset that records its env kwargs (`collect --env-kwarg`) is refused for an env made with others,
+    unless the mismatch is allowed; one that records none cannot be checked and passes."""
+    recorded = {"terminate_at_success": False}
+    check_dataset_env("X-v0", "X-v0", "dataset d", dataset_env_kwargs=recorded, env_kwargs=dict(recorded))
+    check_dataset_env("X-v0", "X-v0", "dataset d", dataset_env_kwargs=None, env_kwargs={"a": 1})
+    check_dataset_env("X-v0", "X-v0", "dataset d", dataset_env_kwargs={}, env_kwargs=None)
+    with pytest.raises(DatasetError, match=r"recorded with env_kwargs \{'terminate_at_success': False\}, not \{\}"):
+        check_dataset_env("X-v0", "X-v0", "dataset d", dataset_env_kwargs=recorded)
+    check_dataset_env("X-v0", "X-v0", "dataset d", allow_mismatch=True, dataset_env_kwargs=recorded)
