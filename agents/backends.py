@@ -24,13 +24,20 @@ rollout goes on with identical numbers. After ``max_worker_restarts`` restarts i
 :class:`WorkerLostError` stops the run with one line (the runner names the last checkpoint; ``--resume``,
 on any backend, continues exactly from it).
 
-Not done here (see docs/scaling.md): workers that hold a policy copy and run inference themselves. That needs
-the samplers' noise drawn per env (one generator per env) to stay equal to sync, which changes sync's numbers
-and every sampler call; the env-sharding backends above are the first step.
+``runner.inference: workers`` (the default is ``learner``, as above): every env draws its noise from its own
+generator (:mod:`flowpolicy.draws`), and the workers hold a copy of the learner's rollout actor (policy,
+sampler, settings — shipped once per iteration, one ``ray.put`` fetched by every worker) and run a whole
+iteration of their shard, so a worker costs one round trip per iteration instead of one per decision and
+inference runs in parallel with the other shards. The sync backend samples in the same shards
+(``runner.num_workers``) in the learner's process, so ``sync``, ``async`` and ``ray`` again give the same numbers
+for a given worker count (a matmul's rows can round differently at another batch size, so the shards, not only
+the generators, must match); they differ from ``learner``'s numbers by the noise each env draws. A worker that
+dies mid-iteration is restarted and its shard's iteration re-run with the same actor and seeds.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import multiprocessing as mp
 import os
@@ -40,8 +47,11 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import torch
 
+from agents.rollout import Actor, Rollout, concat_records, env_seeds
 from envs.vector import VecEnv, VecStep
+from flowpolicy.draws import RowGenerators
 
 BACKENDS = ("sync", "async", "ray")
 
@@ -62,17 +72,6 @@ def shard_bounds(num_envs: int, num_workers: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def env_seeds(seed: int | list[int] | None, num_envs: int) -> list[int] | None:
-    """The per-env seeds :meth:`VecEnv.reset` gives its envs: ``seed + i``, or the list itself."""
-    if seed is None:
-        return None
-    if isinstance(seed, list | tuple | np.ndarray):
-        if len(seed) != num_envs:
-            raise ValueError(f"{len(seed)} seeds for {num_envs} envs")
-        return [int(s) for s in seed]
-    return [int(seed) + i for i in range(num_envs)]
-
-
 def concat_steps(steps: list[VecStep]) -> VecStep:
     """Shards' results in env order, field by field (arrays concatenated, episode lists joined), so that a
     field another module adds to :class:`VecStep` travels too."""
@@ -88,6 +87,36 @@ def concat_steps(steps: list[VecStep]) -> VecStep:
     return VecStep(**values)
 
 
+def actor_on_cpu(actor: Actor) -> Actor:
+    """The actor to ship to CPU workers: itself on a CPU learner, else a copy with every module moved to the CPU
+    (the policy, and a sampler's noise net)."""
+    if actor.policy.device.type == "cpu":
+        return actor
+    shipped = copy.deepcopy(actor)
+    for holder in (shipped, getattr(shipped, "sampler", None)):
+        for name, value in vars(holder).items() if holder is not None else ():
+            if isinstance(value, torch.nn.Module):
+                setattr(holder, name, value.to("cpu"))
+    return shipped
+
+
+def to_device(record, device: torch.device):
+    if isinstance(record, dict):
+        return {key: value.to(device) for key, value in record.items()}
+    return record.to(device)
+
+
+def placeholder_step(last: tuple) -> tuple:
+    """What a shard whose envs have all finished their episode contributes to a later decision (the caller of
+    ``until_all_done`` ignores these rows): its last decision's tensors, no reward, every env done."""
+    cond, record, out, next_cond = last
+    zeros = np.zeros_like(out.reward)
+    step = VecStep(obs=out.obs, reward=zeros, terminated=np.ones_like(out.terminated), truncated=np.zeros_like(
+        out.truncated), final_obs=out.final_obs, env_steps=np.zeros_like(out.env_steps),
+        success=None if out.success is None else np.zeros_like(out.success))
+    return cond, record, step, next_cond
+
+
 class ShardWorker:
     """What a worker holds: one ``VecEnv`` over its shard. Runs in a subprocess (``async``) or a Ray actor."""
 
@@ -99,6 +128,24 @@ class ShardWorker:
 
     def step(self, actions: np.ndarray) -> VecStep:
         return self.envs.step(actions)
+
+    @torch.no_grad()
+    def run_decisions(self, actor: Actor, seeds: list[int], first_env: int, max_decisions: int,
+                      until_all_done: bool) -> tuple[list[tuple], float]:
+        """A whole iteration of this shard with the learner's ``actor`` (``runner.inference: workers``): every env
+        draws from its own generator (the ones the learner would give envs ``first_env…``), one thread.
+        Returns ``(cond, record, out, next_cond)`` per decision and the seconds it took."""
+        torch.set_num_threads(1)
+        tick = time.perf_counter()
+        rollout = Rollout(actor.policy, self.envs)
+        generators = RowGenerators.for_envs(seeds, first_env)
+        steps, finished = [], np.zeros(len(seeds), dtype=bool)
+        for step in rollout.steps(seeds, actor, max_decisions, generators):  # the shard is one batch
+            steps.append(step)
+            finished |= step[2].done
+            if until_all_done and finished.all():
+                break
+        return steps, time.perf_counter() - tick
 
     def info(self) -> dict:
         """Where the worker runs and what it costs: node, pid, resident memory (MB)."""
@@ -257,6 +304,8 @@ class ShardedVecEnv:
     """N envs stepped by ``num_workers`` workers, each owning a contiguous shard: the ``VecEnv`` interface
     with the same numbers as one ``VecEnv`` of N envs (see the module docstring)."""
 
+    inference = "learner"  # runner.inference: "workers" runs whole iterations on the workers (run_decisions)
+
     def __init__(self, env_id: str, num_envs: int, act_steps: int = 1, n_obs_steps: int = 1,
                  num_workers: int = 2, transport: str = "process", env_kwargs: dict | None = None,
                  ray_address: str = "", worker_cpus: float = 0.5, max_restarts: int = 3):
@@ -267,6 +316,7 @@ class ShardedVecEnv:
         self.bounds = shard_bounds(num_envs, num_workers)
         self.env_kwargs = dict(env_kwargs or {})
         self.total_env_steps = 0
+        self.last_run_s = self.broadcast_s = 0.0  # run_decisions: its wall time; shipping the actor to the workers
         self.started_ray = False
         self.startup_s = 0.0
         tick = time.perf_counter()
@@ -355,6 +405,36 @@ class ShardedVecEnv:
         self.total_env_steps += int(result.env_steps.sum())
         return result
 
+    def run_decisions(self, actor: Actor, seeds: list[int], max_decisions: int, until_all_done: bool = False
+                      ) -> list[tuple]:
+        """A whole iteration on the workers (``runner.inference: workers``): the actor (policy copy, sampler,
+        settings) is shipped once — one ``ray.put`` that every worker fetches, or pickled down each pipe — each
+        worker runs its shard's decisions with the per-env generators of its envs, and the decisions come back
+        merged in env order: ``(cond, record, out, next_cond)`` per decision, tensors on the policy's device.
+        A worker that dies is restarted and its shard's iteration re-run (same seeds, same actor: same numbers)."""
+        tick = time.perf_counter()
+        device = actor.policy.device
+        shipped = actor_on_cpu(actor)
+        if self.transport == "ray":
+            import ray
+
+            shipped = ray.put(shipped)
+        self.broadcast_s = time.perf_counter() - tick
+        shard_seeds = [seeds[a:b] for a, b in self.bounds]
+        self._seeds, self._actions = shard_seeds, [[] for _ in self.bounds]  # a restart resets, then re-runs
+        results = self._call_all("run_decisions", [(shipped, shard_seeds[k], a, max_decisions, until_all_done)
+                                                   for k, (a, _b) in enumerate(self.bounds)])
+        shards = [steps for steps, _seconds in results]
+        merged = []
+        for t in range(max(len(steps) for steps in shards)):
+            parts = [steps[t] if t < len(steps) else placeholder_step(steps[-1]) for steps in shards]
+            cond, record, out, next_cond = zip(*parts, strict=True)
+            merged.append((torch.cat(cond).to(device), to_device(concat_records(list(record)), device),
+                           concat_steps(list(out)), torch.cat(next_cond).to(device)))
+            self.total_env_steps += int(merged[-1][2].env_steps.sum())
+        self.last_run_s = time.perf_counter() - tick
+        return merged
+
     def worker_info(self) -> list[dict]:
         return self._call_all("info")
 
@@ -398,8 +478,12 @@ def attach_backend(learner, runner_cfg) -> None:
     """Swap a learner's sync envs for the ``runner.backend`` ones (a no-op for ``sync`` and for a learner
     without envs, e.g. offline CFGRL). The learner keeps calling ``self.envs.reset/step`` as before."""
     envs = getattr(learner, "envs", None)
-    if envs is None or runner_cfg.backend == "sync":
+    if envs is None:
         return
-    learner.envs = make_backend_envs(envs, runner_cfg.backend, runner_cfg.num_workers, runner_cfg.ray_address,
-                                     runner_cfg.worker_cpus, runner_cfg.max_worker_restarts)
-    envs.close()
+    if runner_cfg.backend != "sync":
+        learner.envs = make_backend_envs(envs, runner_cfg.backend, runner_cfg.num_workers, runner_cfg.ray_address,
+                                         runner_cfg.worker_cpus, runner_cfg.max_worker_restarts)
+        envs.close()
+    learner.envs.inference = runner_cfg.inference
+    if runner_cfg.inference == "workers" and runner_cfg.backend == "sync":  # the workers' shards, sampled here
+        learner.envs.inference_shards = shard_bounds(learner.envs.num_envs, runner_cfg.num_workers)

@@ -58,7 +58,7 @@ from agents.ppo import (
     summarize,
     warn_if_rollouts_cut_episodes,
 )
-from agents.rollout import Rollout, adopt_training_K, iteration_seed
+from agents.rollout import ChainActor, Rollout, adopt_training_K, iteration_seed
 from envs.vector import VecEnv
 from flowpolicy.config import ConfigError, param, redefault
 from flowpolicy.policy import Policy
@@ -234,17 +234,14 @@ class ChainPGLearner(OnPolicyLearner):
         if self.reward_scale:
             self.reward_scale.returns[:] = 0.0  # every episode starts at this iteration
 
-        def act(cond):
-            chain = self.policy.sample(cond, self.sampler, self.K, self.generator)
-            return chain.actions, chain
-
         rollout = Rollout(self.policy, self.envs)
-        for step in rollout.decisions(self.group_seeds(iteration), act, self.cfg.max_decisions):
+        for step in rollout.decisions(self.group_seeds(iteration), ChainActor(self.policy, self.sampler, self.K),
+                                      self.cfg.max_decisions, self.generator, until_all_done=True):
             cond, chain, out = step.cond, step.record, step.out
             rows = torch.as_tensor(np.flatnonzero(active), device=self.device)
             conds.append(cond[rows])
-            chains.append(chain.xs[rows])
-            log_probs.append(chain.log_probs[rows])
+            chains.append(chain["chain_xs"][rows])
+            log_probs.append(chain["log_probs"][rows])
             owners.append(rows)
             returns[active] += out.reward[active]
             lengths[active] += out.env_steps[active]

@@ -39,6 +39,7 @@ from agents.ppo import (
 from agents.rollout import RolloutConfig, adopt_training_K
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
+from flowpolicy import draws
 from flowpolicy.config import ConfigError, param
 from flowpolicy.networks import MLP, Activation
 from flowpolicy.policy import Policy
@@ -65,6 +66,23 @@ class FPOConfig(RolloutConfig):
     critic_activation: Activation = param("silu", "critic activation")
     normalize_rewards: bool = param(True, "divide rewards by a running std of the discounted return")
     ratio_check_tol: float = param(1e-5, "max |recomputed − rollout| CFM loss on the first minibatch", gt=0)
+
+
+class FPOActor:
+    """FPO's rollout actor: the ODE's action and its n (τ, ε) pairs with the rollout policy's flow-matching
+    losses (the "old" side of FPO's ratio)."""
+
+    def __init__(self, policy: Policy, sampler, K: int, n_mc: int, loss_weighting: str):
+        self.policy, self.sampler, self.K, self.n_mc, self.loss_weighting = policy, sampler, K, n_mc, loss_weighting
+
+    def __call__(self, cond, generator):
+        actions = self.policy.sample(cond, self.sampler, self.K, generator).actions
+        B, D = actions.shape
+        taus = draws.rand((B, self.n_mc), generator=generator, device=actions.device)
+        noises = draws.randn((B, self.n_mc, D), generator=generator, device=actions.device)
+        old_losses = cfm_losses(self.policy, cond, actions, taus, noises, self.loss_weighting)
+        return actions, {"chain_xs": actions[:, None], "log_probs": actions.new_zeros(B, 0),
+                         "taus": taus, "noises": noises, "old_losses": old_losses}
 
 
 def cfm_losses(policy: Policy, cond: torch.Tensor, actions: torch.Tensor, taus: torch.Tensor,
@@ -122,15 +140,8 @@ class FPOLearner(OnPolicyLearner):
         self.actor_opt.param_groups[0]["lr"] = c.actor_lr * factor
         self.critic_opt.param_groups[0]["lr"] = c.critic_lr * factor
 
-        def act(cond):  # the ODE's action and its (τ, ε) pairs with the rollout policy's flow-matching losses
-            actions = self.policy.sample(cond, self.sampler, self.K, self.generator).actions
-            taus = torch.rand(c.num_envs, c.n_mc, generator=self.generator, device=self.device)
-            noises = torch.randn(c.num_envs, c.n_mc, self.D, generator=self.generator, device=self.device)
-            old_losses = cfm_losses(self.policy, cond, actions, taus, noises, c.loss_weighting)
-            return actions, {"chain_xs": actions[:, None], "log_probs": torch.zeros(c.num_envs, 0, device=self.device),
-                             "taus": taus, "noises": noises, "old_losses": old_losses}
-
-        return self.collect_into_buffer(iteration, act)
+        return self.collect_into_buffer(iteration, FPOActor(self.policy, self.sampler, self.K, c.n_mc,
+                                                            c.loss_weighting))
 
     # -- update ------------------------------------------------------------------------------------
     def _policy_terms(self, mb: dict) -> PolicyTerms:

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.rollout import Rollout, iteration_seed
+from agents.rollout import Actor, Rollout, iteration_seed
 
 
 class RatioCheckError(AssertionError):
@@ -218,9 +218,9 @@ class OnPolicyLearner:
 
     # -- the rollout of the learners with a rollout buffer and a critic (ReinFlow, FPO) ---------------
     @torch.no_grad()
-    def collect_into_buffer(self, iteration: int, act: Callable[[torch.Tensor], tuple[torch.Tensor, dict]]) -> dict:
+    def collect_into_buffer(self, iteration: int, act: Actor) -> dict:
         """Fill ``self.buffer`` with ``cfg.decisions_per_env`` decisions of every env in ``self.envs``, then GAE with
-        ``self.value``. ``act(cond) -> (actions, fields)``: the normalized actions and the decision's buffer
+        ``self.value``. ``act(cond, generator) -> (actions, fields)``: the normalized actions and the decision's buffer
         fields (``chain_xs``, ``log_probs`` and the extras). Rewards are scaled when the learner has a
         ``reward_scale``; the last decision is cut by the iteration boundary and bootstrapped like a
         truncation. Returns the runner's rollout metrics."""
@@ -229,7 +229,8 @@ class OnPolicyLearner:
             self.reward_scale.returns[:] = 0.0  # episodes restart at every iteration
         self.buffer.reset()
         rollout = Rollout(self.policy, self.envs)
-        for step in rollout.decisions(iteration_seed(self.seed, iteration, cfg.num_envs), act, cfg.decisions_per_env):
+        for step in rollout.decisions(iteration_seed(self.seed, iteration, cfg.num_envs), act, cfg.decisions_per_env,
+                                      self.generator):
             out = step.out
             rewards = self.reward_scale(out.reward, out.done) if self.reward_scale else out.reward
             self.buffer.add(cond=step.cond, values=self.value(step.cond), rewards=rewards, terminated=out.terminated,

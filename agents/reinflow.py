@@ -37,7 +37,7 @@ from agents.ppo import (
     summarize,
     warn_if_rollouts_cut_episodes,
 )
-from agents.rollout import RolloutConfig, adopt_training_K
+from agents.rollout import ChainActor, RolloutConfig, adopt_training_K
 from agents.schedules import cosine_factor
 from envs.vector import VecEnv
 from flowpolicy.config import ConfigError, param, redefault
@@ -141,12 +141,7 @@ class ReinFlowLearner(OnPolicyLearner):
     # -- rollout ----------------------------------------------------------------------------------
     def collect(self, iteration: int) -> dict:
         self._schedule(iteration)
-
-        def act(cond):
-            chain = self.policy.sample(cond, self.sampler, self.K, self.generator)
-            return chain.actions, {"chain_xs": chain.xs, "log_probs": chain.log_probs}
-
-        return self.collect_into_buffer(iteration, act)
+        return self.collect_into_buffer(iteration, ChainActor(self.policy, self.sampler, self.K))
 
     # -- update -----------------------------------------------------------------------------------
     def _reduce(self, step_log_probs: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agents.rollout import Rollout
+from agents.rollout import ExplorationActor, Rollout
 from envs.vector import VecEnv
 from flowpolicy.policy import Policy
 from flowpolicy.samplers import Sampler
@@ -128,14 +128,7 @@ def collect_into_replay(policy: Policy, sampler: Sampler, K: int, envs: VecEnv, 
     of ``policy`` (+ Gaussian exploration noise, then clipped to the box: the executed action is what is
     stored) and add every transition to ``replay``. Returns the runner's rollout metrics."""
 
-    def act(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = policy.sample(cond, sampler, K, generator).actions
-        if exploration_noise:
-            x = x + exploration_noise * torch.randn(x.shape, generator=generator, device=x.device)
-        x = x.clamp(-1.0, 1.0)  # env_actions clips identically
-        return x, x
-
     rollout = Rollout(policy, envs)
-    for step in rollout.decisions(seed, act, num_steps):
+    for step in rollout.decisions(seed, ExplorationActor(policy, sampler, K, exploration_noise), num_steps, generator):
         replay.add(step.cond, step.record, step.out.reward * reward_scale, step.next_cond, step.out.terminated)
     return rollout.metrics()

@@ -116,6 +116,10 @@ class RunnerConfig:
     ray_address: str = param("", "ray: address of an existing cluster to join (empty: RAY_ADDRESS, else a local one)")
     worker_cpus: float = param(0.5, "ray: CPUs each rollout actor reserves (fractional, so actors never starve "
                                     "each other or other work on the cluster)", ge=0)
+    inference: Literal["learner", "workers"] = param(
+        "learner", "who samples rollout actions: learner (this process, one generator for the batch) or workers "
+                   "(every env its own noise generator; async/ray workers hold a policy copy and run whole "
+                   "iterations — same numbers on every backend)")
     max_worker_restarts: int = param(3, "async/ray: dead rollout workers restarted (shard replayed) per run before "
                                         "the run stops", ge=0)
 

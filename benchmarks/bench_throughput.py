@@ -9,8 +9,9 @@ measured in one run on this machine (ratios, because the machines here are noisy
    rollout inference/bookkeeping and update;
 3. SB3 PPO (MlpPolicy, same number of envs, n_steps chosen so one rollout has the same env steps).
 
-With ``--backends sync,async:2,ray:1,ray:2`` step 2 runs once per rollout backend (``name:workers``; see
-agents/backends.py) and the overheads of the ray backend are measured too: Ray start-up, worker start-up,
+With ``--backends sync,async:2,ray:1,ray:2,ray:2:w`` step 2 runs once per rollout backend (``name:workers``,
+``:w`` for ``runner.inference: workers``; see agents/backends.py) and the overheads of the ray backend are
+measured too: Ray start-up, worker start-up,
 per-worker memory, and the time to broadcast the policy's weights to every worker through the object store:
 
     python benchmarks/bench_throughput.py --config configs/hopper/reinflow.yaml --iterations 3 \
@@ -66,8 +67,10 @@ def broadcast_s(policy, envs) -> float:
     return time.perf_counter() - start
 
 
-def ours(cfg: FinetuneConfig, iterations: int, backend: str = "sync", workers: int = 1) -> dict:
-    from agents.backends import make_backend_envs
+def ours(cfg: FinetuneConfig, iterations: int, backend: str = "sync", workers: int = 1,
+         inference: str = "learner") -> dict:
+    from agents.backends import attach_backend
+    from agents.runner import RunnerConfig
 
     torch.manual_seed(cfg.seed)  # the noise net's and critic's initialization, as finetune seeds it: every
     policy, _ = load_policy(cfg.policy)  # backend then runs the same numbers (env_steps must agree)
@@ -75,16 +78,16 @@ def ours(cfg: FinetuneConfig, iterations: int, backend: str = "sync", workers: i
     learner = ReinFlowLearner(policy, cfg.env_id, algo, total_iterations=iterations, seed=cfg.seed)
     learner.cfg.critic_warmup_iterations = 0  # time the full update from the first iteration
     overheads = {}
+    tick = time.perf_counter()
+    attach_backend(learner, from_dict(RunnerConfig, {"backend": backend, "num_workers": workers,
+                                                     "inference": inference}, prefix="runner"))
     if backend != "sync":
-        tick = time.perf_counter()
-        sync_envs, learner.envs = learner.envs, make_backend_envs(learner.envs, backend, num_workers=workers)
-        sync_envs.close()
         overheads["startup_s"] = time.perf_counter() - tick
         overheads["worker_rss_mb"] = [round(i["rss_mb"]) for i in learner.envs.worker_info()]
         if backend == "ray":
             overheads["broadcast_s"] = min(broadcast_s(policy, learner.envs) for _ in range(3))
             overheads["weights_mb"] = sum(p.numel() * p.element_size() for p in policy.state_dict().values()) / 2**20
-    totals = {"env_steps": 0, "env_s": 0.0, "rollout_s": 0.0, "update_s": 0.0}
+    totals = {"env_steps": 0, "env_s": 0.0, "rollout_s": 0.0, "update_s": 0.0, "actor_shipping_s": 0.0}
     for it in range(iterations):
         t0 = time.perf_counter()
         with single_threaded():  # as the runner collects
@@ -96,10 +99,12 @@ def ours(cfg: FinetuneConfig, iterations: int, backend: str = "sync", workers: i
         totals["env_s"] += rollout["env_s"]
         totals["rollout_s"] += t1 - t0
         totals["update_s"] += t2 - t1
+        totals["actor_shipping_s"] += getattr(learner.envs, "broadcast_s", 0.0)
     learner.envs.close()
     wall = totals["rollout_s"] + totals["update_s"]
     return {**totals, "wall_s": wall, "env_steps_per_s": totals["env_steps"] / wall,
             "inference_s": totals["rollout_s"] - totals["env_s"], "backend": backend, "workers": workers,
+            "inference": inference,
             **overheads}
 
 
@@ -126,7 +131,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     parser.add_argument("--backends", default="sync",
-                        help="comma-separated rollout backends to time, name[:workers] (sync, async:2, ray:1, ray:2)")
+                        help="comma-separated rollout backends to time, name[:workers[:w]] (sync, async:2, ray:2, "
+                             "ray:2:w); ':w' = runner.inference workers (the workers sample with a policy copy)")
     parser.add_argument("--skip-sb3", action="store_true", help="leave out SB3 PPO (e.g. for a scaling run)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -138,14 +144,15 @@ def main() -> None:
     ppo = None if args.skip_sb3 else sb3_ppo(cfg.env_id, algo.num_envs, per_rollout, args.iterations)
     backends, ray_init_s = {}, None
     for spec in args.backends.split(","):
-        name, _, workers = spec.partition(":")
+        name, _, rest = spec.partition(":")
+        workers, _, where = rest.partition(":")
         if name == "ray" and ray_init_s is None:
             import ray
 
             tick = time.perf_counter()
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             ray_init_s = time.perf_counter() - tick
-        backends[spec] = ours(cfg, args.iterations, name, int(workers or 1))
+        backends[spec] = ours(cfg, args.iterations, name, int(workers or 1), "workers" if where == "w" else "learner")
     if ray_init_s is not None:
         import ray
 
@@ -168,7 +175,7 @@ def main() -> None:
         print(f"  ReinFlow whole loop, {spec:8s}: {o['env_steps_per_s']:8.0f} env steps/s -> "
               f"{o['env_steps_per_s'] / raw:.2f}x raw{vs_ppo}; env {o['env_s']:.1f} s, inference "
               f"{o['inference_s']:.1f} s, update {o['update_s']:.1f} s (of {o['wall_s']:.1f} s)")
-        for key in ("startup_s", "worker_rss_mb", "broadcast_s", "weights_mb"):
+        for key in ("startup_s", "worker_rss_mb", "broadcast_s", "weights_mb", "actor_shipping_s"):
             if key in o:
                 print(f"      {key}: {o[key]}")
     if ray_init_s is not None:

@@ -110,6 +110,8 @@ class VecStep:
 class VecEnv:
     """N envs stepping in lockstep, one decision (an action chunk) per :meth:`step`."""
 
+    inference = "learner"  # who samples a rollout's actions on these envs: agents.rollout.Rollout, runner.inference
+
     def __init__(self, env_id: str, num_envs: int, act_steps: int = 1, n_obs_steps: int = 1,
                  reward_gamma: float = 1.0, asynchronous: bool = False, options: EnvOptions | dict | None = None,
                  **env_kwargs):

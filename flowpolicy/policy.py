@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from flowpolicy import draws
 from flowpolicy.config import param
 from flowpolicy.models import MODEL_KINDS
 from flowpolicy.networks import NetworkConfig
@@ -121,11 +122,12 @@ class Policy(nn.Module):
         return self.model.sampler(name, K or self.config.num_steps, **params)
 
     def sample(self, cond: torch.Tensor, sampler: Sampler | None = None, K: int | None = None,
-               generator: torch.Generator | None = None) -> Chain:
-        """Sample chains for normalized conditions [B, cond_dim]; x_0 ~ N(0, I)."""
+               generator: draws.Generator = None) -> Chain:
+        """Sample chains for normalized conditions [B, cond_dim]; x_0 ~ N(0, I) (per row from
+        :class:`~flowpolicy.draws.RowGenerators`, where given)."""
         K = K or self.config.num_steps
         sampler = sampler or self.make_sampler(K=K)
-        x0 = torch.randn((cond.shape[0], self.config.chunk_dim), generator=generator, device=cond.device,
+        x0 = draws.randn((cond.shape[0], self.config.chunk_dim), generator=generator, device=cond.device,
                          dtype=cond.dtype)
         return sampler.sample(self.model.model_fn(K), cond, x0, K, generator=generator)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from flowpolicy import draws
 from flowpolicy.config import ConfigError
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -110,9 +111,10 @@ class Sampler:
         obs: torch.Tensor,
         x0: torch.Tensor,
         K: int,
-        generator: torch.Generator | None = None,
+        generator: draws.Generator = None,
     ) -> Chain:
-        """Run the K transitions from ``x0`` [B, D]; returns the whole chain and its log-probs."""
+        """Run the K transitions from ``x0`` [B, D]; returns the whole chain and its log-probs. The step noise
+        is drawn per row where ``generator`` is :class:`~flowpolicy.draws.RowGenerators`."""
         K = int(time_grid(K).numel() - 1)  # validates K
         B = x0.shape[0]
         xs = [x0]
@@ -123,7 +125,7 @@ class Sampler:
             mean, std = self.transition(model_fn, x, k, K, obs)
             std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
             if bool((std > 0).any()):
-                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+                noise = draws.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
                 x_next = mean + std * noise
                 log_probs.append(gaussian_log_prob(x_next, mean, std))
             else:  # a deterministic step: no draw, no log-prob

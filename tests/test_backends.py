@@ -111,19 +111,28 @@ LEARNERS = {
 
 
 @functools.cache  # each sync reference is collected once for both backends' tests
-def collected(name: str, backend: str, iteration: int = 1) -> tuple[dict, dict]:
-    cfg = load_config(FinetuneConfig, f"configs/hopper/{name}.yaml", LEARNERS[name])
+def collected(name: str, backend: str, iteration: int = 1, inference: str = "learner", workers: int = 2,
+              kill: bool = False, overrides: tuple = ()) -> tuple[dict, dict]:
+    cfg = load_config(FinetuneConfig, f"configs/hopper/{name}.yaml", [*LEARNERS[name], *overrides])
     algo_cls, learner_cls = ALGORITHMS[name]
     torch.manual_seed(0)  # the critics' initialization, as finetune seeds it
     learner = learner_cls(load_policy(cfg.policy)[0], cfg.env_id, from_dict(algo_cls, cfg.algo, prefix="algo"), 3,
                           seed=7)
     sync_envs = learner.envs
-    learner.envs = make_backend_envs(sync_envs, backend, num_workers=2, worker_cpus=0.5)
+    learner.envs = make_backend_envs(sync_envs, backend, num_workers=workers, worker_cpus=0.5)
+    learner.envs.inference = inference
+    if backend == "sync" and inference == "workers":  # as attach_backend does: sample in the workers' shards
+        learner.envs.inference_shards = shard_bounds(sync_envs.num_envs, workers)
+    if kill:  # the last worker is dead when the iteration is sent: restarted, its shard's iteration re-run
+        learner.envs.kill_worker(learner.envs.num_workers - 1)
     try:
         metrics = learner.collect(iteration)
     finally:
         learner.envs.close()
         sync_envs.close()
+    if kill:
+        assert learner.envs.restarts == 1
+    metrics = {**metrics, "backend_env_steps": getattr(learner.envs, "total_env_steps", None)}
     if hasattr(learner, "buffer"):
         data = learner.buffer.flat()
     elif hasattr(learner, "replay"):
@@ -150,6 +159,33 @@ def test_every_learner_collects_identically_on_async(name):
 @pytest.mark.parametrize("name", sorted(LEARNERS))
 def test_every_learner_collects_identically_on_ray(name, ray_session):
     assert_same_collection(collected(name, "sync"), collected(name, "ray"))
+
+
+# -- runner.inference: workers — per-env noise; async/ray workers hold the actor and run whole iterations -----
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_worker_inference_collects_identically_on_every_backend(name, ray_session):
+    """Every env draws from its own generator and sync samples in the workers' shards, so workers with a policy
+    copy each (one round trip per iteration) give sync's numbers — a worker restarted mid-call included —
+    while the noise really is another stream than the default one."""
+    assert_same_collection(collected(name, "sync", inference="workers"), collected(name, "async", inference="workers"))
+    assert_same_collection(collected(name, "sync", inference="workers", workers=3),
+                           collected(name, "ray", inference="workers", workers=3, kill=True))
+    reference = collected(name, "sync", inference="workers")
+    default = collected(name, "sync")[0]
+    assert any(not torch.equal(default[k], reference[0][k]) for k in default)
+
+
+def test_worker_inference_stops_with_the_last_episode_of_a_group():
+    """Chain PG leaves when every env has finished its episode: the workers stop there too, and a shard that
+    finished first contributes placeholders the learner ignores — the batch equals the sync one."""
+    long_episodes = ("algo.max_decisions=250", "algo.a=3.0")
+    reference = collected("grpo", "sync", inference="workers", workers=4, overrides=long_episodes)
+    lengths = reference[1]["episode_lengths"]
+    assert len(set(lengths)) > 1 and max(lengths) < 4 * 250  # episodes of different lengths, all ended
+    on_workers = collected("grpo", "async", inference="workers", workers=4, overrides=long_episodes)
+    assert_same_collection(reference, on_workers)
+    assert on_workers[1]["backend_env_steps"] < 4 * 250 * 4 / 2  # the workers stopped with their episodes
 
 
 # -- whole runs: restart, stop with one line, resume on another backend -------------------------------------
@@ -206,6 +242,33 @@ def test_runs_on_every_backend_match_sync_through_a_killed_worker_and_a_resume(t
     resumed = run(tmp_path, "async-stopped", "runner.backend=ray", resume=True)  # resumes on another backend
     assert {k: resumed[k] for k in SAME} == {k: reference[k] for k in SAME}
     assert json.loads((tmp_path / "async-stopped" / "config.json").read_text())["runner"]["backend"] == "async"
+
+
+def test_worker_inference_runs_match_sync_and_resume_on_another_backend(tmp_path, ray_session, monkeypatch):
+    """Whole runs with runner.inference: workers: the actor copies on Ray workers give the sync run's returns;
+    a run whose worker dies in iteration 1 with no restarts left stops with one line and resumes on async to
+    the same end."""
+    workers = ("runner.inference=workers", "runner.num_workers=2")
+    reference = run(tmp_path, "sync-w", *workers)
+    default = run(tmp_path, "sync", "runner.num_workers=2")
+    assert reference["final_return"] != default["final_return"]  # other noise streams than the default's
+    on_ray = run(tmp_path, "ray-w", *workers, "runner.backend=ray")
+    assert {k: on_ray[k] for k in SAME} == {k: reference[k] for k in SAME}
+
+    original, calls = ShardedVecEnv.run_decisions, {"n": 0}
+
+    def dies_in_iteration_1(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            self.kill_worker(self.num_workers - 1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShardedVecEnv, "run_decisions", dies_in_iteration_1)
+    with pytest.raises(WorkerLostError, match="--resume"):
+        run(tmp_path, "stopped-w", *workers, "runner.backend=ray", "runner.max_worker_restarts=0")
+    monkeypatch.setattr(ShardedVecEnv, "run_decisions", original)
+    resumed = run(tmp_path, "stopped-w", "runner.backend=async", resume=True)
+    assert {k: resumed[k] for k in SAME} == {k: reference[k] for k in SAME}
 
 
 def test_ray_backend_without_ray_is_a_one_line_config_error(monkeypatch):
