@@ -176,7 +176,8 @@ class Rollout:
         act_steps = self.policy.config.act_steps
         for _ in range(max_decisions):
             cond = self.condition(obs)
-            actions, record = act(cond, generator)
+            with torch.no_grad():  # acting never trains; the learners update from what the record keeps
+                actions, record = act(cond, generator)
             tick = time.perf_counter()
             out = self.envs.step(self.policy.env_actions(actions)[:, :act_steps].cpu().numpy())
             self.env_s += time.perf_counter() - tick

@@ -40,3 +40,24 @@ def test_ray_backend_joins_a_two_node_cluster_and_spreads_its_workers(two_node_c
             np.testing.assert_array_equal(a.obs, b.obs)
             np.testing.assert_array_equal(a.reward, b.reward)
     assert not ray.is_initialized()  # the backend shuts down the connection it opened
+
+
+def test_policy_holding_workers_on_two_nodes_sample_what_sync_samples(two_node_cluster):
+    """runner.inference: workers across nodes: the actor travels through the object store to both nodes, and
+    the merged iteration equals the sync backend's sampling in the same two shards."""
+    import torch
+
+    from agents.rollout import ChainActor, Rollout
+    from flowpolicy.checkpoint import load_policy
+
+    policy = load_policy("data/policies/hopper-flow-bc")[0]
+    actor = ChainActor(policy, policy.make_sampler("flow_sde", K=4, a=0.5), 4)
+    with VecEnv("Hopper-v5", 4, act_steps=4) as ref, \
+            ShardedVecEnv("Hopper-v5", 4, 4, num_workers=2, transport="ray", ray_address=two_node_cluster.address,
+                          worker_cpus=1) as sharded:
+        ref.inference, ref.inference_shards, sharded.inference = "workers", sharded.bounds, "workers"
+        assert len({info["node_id"] for info in sharded.worker_info()}) == 2
+        runs = [list(Rollout(policy, envs).decisions(9, actor, 20)) for envs in (ref, sharded)]
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a.record["chain_xs"], b.record["chain_xs"], rtol=0, atol=0)
+        np.testing.assert_array_equal(a.out.reward, b.out.reward)
