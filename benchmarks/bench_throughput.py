@@ -33,12 +33,13 @@ import torch
 from agents.finetune import FinetuneConfig
 from agents.reinflow import ReinFlowConfig, ReinFlowLearner
 from agents.runner import single_threaded
+from envs.registry import make_gym_env
 from flowpolicy.checkpoint import load_policy
 from flowpolicy.config import from_dict, load_config
 
 
 def raw_env_steps_per_s(env_id: str, num_envs: int, steps: int, seed: int = 0) -> float:
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id)] * num_envs)
+    envs = gym.vector.SyncVectorEnv([lambda: make_gym_env(env_id)] * num_envs)  # registers suite envs too
     envs.reset(seed=seed)
     envs.action_space.seed(seed)
     actions = [envs.action_space.sample() for _ in range(64)]
