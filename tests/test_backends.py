@@ -176,10 +176,11 @@ def test_worker_inference_collects_identically_on_every_backend(name, ray_sessio
     assert any(not torch.equal(default[k], reference[0][k]) for k in default)
 
 
-def test_worker_inference_stops_with_the_last_episode_of_a_group():
+@pytest.mark.parametrize("advantages", ["group", "gae"])  # gae: critic values and reward scale on the full grid
+def test_worker_inference_stops_with_the_last_episode_of_a_group(advantages):
     """Chain PG leaves when every env has finished its episode: the workers stop there too, and a shard that
     finished first contributes placeholders the learner ignores — the batch equals the sync one."""
-    long_episodes = ("algo.max_decisions=250", "algo.a=3.0")
+    long_episodes = ("algo.max_decisions=250", "algo.a=3.0", f"algo.advantages={advantages}")
     reference = collected("grpo", "sync", inference="workers", workers=4, overrides=long_episodes)
     lengths = reference[1]["episode_lengths"]
     assert len(set(lengths)) > 1 and max(lengths) < 4 * 250  # episodes of different lengths, all ended
