@@ -57,7 +57,9 @@ def score_at(curve: dict, budget: int) -> float | None:
 
 def steps_to_reach(curves: dict[str, dict], level: float) -> str:
     """Median over seeds of the env steps of the first evaluation ≥ level, and how many seeds reached it."""
-    firsts = [next((s for s, v in zip(c["steps"], c["score"], strict=True) if v >= level), np.inf)
+    # TensorBoard stores float32: a success rate of 0.9 reads back as 0.89999998, which must count as reaching 0.9
+    firsts = [next((s for s, v in zip(c["steps"], c["score"], strict=True) if v >= level - 1e-6 * max(1, abs(level))),
+                   np.inf)
               for c in curves.values()]
     reached, median = sum(np.isfinite(firsts)), float(np.median(firsts))
     return f"{median / 1000:.0f}k ({reached}/{len(firsts)})" if np.isfinite(median) else f"— ({reached}/{len(firsts)})"

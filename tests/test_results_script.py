@@ -64,3 +64,14 @@ def test_cells_from_run_directories(tmp_path, monkeypatch):
     text = (tmp_path / "R.md").read_text()
     assert "| ReinFlow | 3 | 30.0 ± 0.0 |" in text and "runs/bench/reinflow_ant_1m" in text
     assert "partial runs" in text and "## Missing cells" in text
+
+
+def test_steps_to_reach_counts_a_float32_success_rate_of_the_level():
+    """TensorBoard keeps float32: 0.9 reads back as 0.89999998 and must count as reaching 0.9 (it did not)."""
+    import numpy as np
+
+    from benchmarks.compare_methods import steps_to_reach
+
+    curve = {"steps": [0, 38400, 76800], "score": [0.85, float(np.float32(0.9)), 1.0]}
+    assert steps_to_reach({"seed0": curve}, 0.9) == "38k (1/1)"
+    assert steps_to_reach({"seed0": {"steps": [0], "score": [0.85]}}, 0.9) == "— (0/1)"
