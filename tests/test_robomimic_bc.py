@@ -1,4 +1,4 @@
-"""The shipped robomimic BC policies (data/policies/{lift,can}-flow-bc) load and act on their env's
+"""The shipped robomimic BC policies (data/policies/{lift,can,square}-flow-bc) load and act on their env's
 observation. Fast: one reset and a few steps, never a full evaluation (their success rates are in
 data/cards/robomimic-scripted.md)."""
 import warnings
@@ -10,7 +10,8 @@ import pytest
 from flowpolicy import load_agent
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = [("lift-flow-bc", "RobomimicLift-v0", 19), ("can-flow-bc", "RobomimicCan-v0", 23)]
+SHIPPED = [("lift-flow-bc", "RobomimicLift-v0", 19), ("can-flow-bc", "RobomimicCan-v0", 23),
+           ("square-flow-bc", "RobomimicSquare-v0", 23)]
 
 
 @pytest.mark.parametrize("name, env_id, obs_dim", SHIPPED)
