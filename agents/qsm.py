@@ -101,6 +101,9 @@ class QSMConfig(RolloutConfig):
     reward_scale: float | None = param(None, "rewards are multiplied by this in the critic's targets (null: 1 / the "
                                        "BC policy's mean |reward| per decision, measured at the start)", gt=0)
     critic_warmup_iterations: int = param(5, "iterations that train only the critics", ge=0)
+    policy_delay: int = param(1, "TD3's policy delay: the actor takes a gradient step after every d-th critic step "
+                              "(d× fewer actor steps; scale actor_lr with it to keep the actor's pace per env step)",
+                              ge=1)
     critic_hidden: list[int] = param([256, 256, 256], "critic hidden widths", ge=1)
     critic_activation: Activation = param("silu", "critic activation")
     max_grad_norm: float = param(10.0, "gradient-norm clip", gt=0)
@@ -309,7 +312,7 @@ class QSMLearner:
         actor_active = iteration >= c.critic_warmup_iterations
         stats: dict[str, list] = {"critic_loss": [], "actor_loss": [], "bc_loss": [], "q": [], "q_grad_norm": []}
         critic_params, policy_params = list(self.critic.parameters()), list(self.policy.parameters())
-        for _ in range(n_updates):
+        for step in range(n_updates):
             batch = self.replay.sample(c.batch_size, self.generator)
             target = self.critic_targets(batch)
             q1, q2 = self.critic(batch["cond"], batch["actions"])
@@ -321,7 +324,7 @@ class QSMLearner:
             stats["critic_loss"].append(critic_loss.detach())  # tensors: one conversion after the loop
             stats["q"].append(q1.detach().mean())
 
-            if actor_active:
+            if actor_active and (step + 1) % c.policy_delay == 0:
                 self.critic.requires_grad_(False)
                 actor_loss, grad_norm = qsm_actor_loss(
                     self.policy, self.q_mean, batch["cond"], batch["actions"], c.q_grad_coeff, c.grad_at,

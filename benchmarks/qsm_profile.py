@@ -3,7 +3,8 @@
     PYTHONPATH=. python benchmarks/qsm_profile.py --steps 49152 --name qsm_profile_after
 
 Runs ``configs/hopper/qsm.yaml`` and ``configs/hopper/reinflow.yaml`` one after the other in this process
-(same machine, same load, ``torch_threads=1`` for both) for the same env-step budget, each under cProfile,
+(same machine, same load; each config's own ``torch_threads``, or ``--threads N`` for both) for the same
+env-step budget, each under cProfile,
 into a temporary directory. Reports for each: wall time per env step overall, and split into rollouts,
 updates and evaluation (from the runner's perf/* TensorBoard scalars), the *steady-state* training cost
 per env step (QSM: the iterations after its critic warm-up, where the actor trains too — what dominates a
@@ -53,7 +54,7 @@ def cumulative(stats: pstats.Stats, suffix: str, name: str) -> float:
 
 def profile_run(config: str, steps: int, workdir: Path, extra: list[str]) -> dict:
     out = workdir / Path(config).parent.name / Path(config).stem
-    overrides = [f"runner.total_env_steps={steps}", "torch_threads=1", "runner.progress=false", f"out={out}", *extra]
+    overrides = [f"runner.total_env_steps={steps}", "runner.progress=false", f"out={out}", *extra]
     cfg = load_config(FinetuneConfig, config, overrides)
     profiler = cProfile.Profile()
     tick = time.perf_counter()
@@ -77,7 +78,7 @@ def profile_run(config: str, steps: int, workdir: Path, extra: list[str]) -> dic
         "steady_train_ms_per_env_step": float(1e3 * (rollout[steady].sum() + update[steady].sum())
                                               / per_iteration[steady].sum()),
         "steady_update_ms_per_env_step": float(1e3 * update[steady].sum() / per_iteration[steady].sum()),
-        "iterations": len(update), "warmup_iterations": warmup,
+        "iterations": len(update), "warmup_iterations": warmup, "torch_threads": cfg.torch_threads,
     }
     if cfg.algorithm == "qsm":
         result["qsm_parts_s"] = {label: round(cumulative(stats, suffix, name), 2) for label, suffix, name in QSM_PARTS}
@@ -96,8 +97,11 @@ def main() -> None:
     parser.add_argument("--out-dir", default="docs/results")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="override runner.eval_every for both (default: each config's own)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch_threads for both (default: each config's own, as shipped)")
     args = parser.parse_args()
     extra = [] if args.eval_every is None else [f"runner.eval_every={args.eval_every}"]
+    extra += [] if args.threads is None else [f"torch_threads={args.threads}"]
     with tempfile.TemporaryDirectory() as tmp:
         results = {"qsm": profile_run(args.qsm_config, args.steps, Path(tmp), extra),
                    "reinflow": profile_run(args.reinflow_config, args.steps, Path(tmp), extra)}

@@ -1,4 +1,5 @@
-"""Milliseconds per QSM gradient step at the shipped Hopper config (actor active, BC term on), one thread.
+"""Milliseconds per QSM gradient step at the shipped Hopper config (actor active, BC term on), one thread
+unless --threads; config overrides after the options (e.g. algo.policy_delay=2).
 
     PYTHONPATH=. python benchmarks/qsm_update_bench.py --steps 32 --reps 7
 
@@ -29,9 +30,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--label", default="")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the update")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. algo.policy_delay=2")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    cfg = load_config(FinetuneConfig, args.config, [])
+    torch.set_num_threads(args.threads)
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)
     algo = from_dict(QSMConfig, cfg.algo)
     learner = QSMLearner(load_policy(cfg.policy)[0], cfg.env_id, algo, total_iterations=100, seed=0)
     learner.collect(0)
@@ -44,7 +47,8 @@ def main() -> None:
         learner.update(iteration)
         times.append(1e3 * (time.perf_counter() - tick) / args.steps)
     result = {"label": args.label, "ms_per_gradient_step_median": statistics.median(times),
-              "ms_per_gradient_step": [round(t, 2) for t in times], "steps": args.steps}
+              "ms_per_gradient_step": [round(t, 2) for t in times], "steps": args.steps,
+              "threads": args.threads, "overrides": args.overrides}
     print(json.dumps(result))
     learner.envs.close()
 

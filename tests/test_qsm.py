@@ -209,7 +209,7 @@ def reference_update(learner: QSMLearner, iteration: int) -> dict:
     c = learner.cfg
     n_updates = max(1, int(round(c.updates_per_decision * c.num_envs * c.decisions_per_env)))
     stats = {"critic_loss": [], "actor_loss": [], "q": []}
-    for _ in range(n_updates):
+    for step in range(n_updates):
         batch = learner.replay.sample(c.batch_size, learner.generator)
         with torch.no_grad():
             next_actions = learner.policy.sample(batch["next_cond"], learner.sampler, learner.K,
@@ -226,7 +226,7 @@ def reference_update(learner: QSMLearner, iteration: int) -> dict:
         learner.critic_opt.step()
         stats["critic_loss"].append(critic_loss.item())
         stats["q"].append(q1.mean().item())
-        if iteration >= c.critic_warmup_iterations:
+        if iteration >= c.critic_warmup_iterations and step % c.policy_delay == c.policy_delay - 1:
             learner.critic.requires_grad_(False)
             actor_loss, _ = qsm_actor_loss(learner.policy, learner.q_mean, batch["cond"], batch["actions"],
                                            c.q_grad_coeff, c.grad_at, c.target_scale, c.anchor, learner.reference,
@@ -248,8 +248,8 @@ def reference_update(learner: QSMLearner, iteration: int) -> dict:
         {"charts/q_mean": float(np.mean(stats["q"]))}
 
 
-@pytest.mark.parametrize("kind", ["flow", "diffusion"])
-def test_optimized_update_matches_the_straightforward_one(kind, tmp_path):
+@pytest.mark.parametrize("kind,policy_delay", [("flow", 1), ("diffusion", 1), ("flow", 2)])
+def test_optimized_update_matches_the_straightforward_one(kind, policy_delay, tmp_path):
     """Golden test of the throughput work: two learners from the same seed, one updated by ``update`` and one
     by :func:`reference_update` with plain (for-loop) Adam, give the same networks and losses after two
     iterations (the BC term and the reference anchor included); only float rounding of fused Adam differs."""
@@ -262,7 +262,7 @@ def test_optimized_update_matches_the_straightforward_one(kind, tmp_path):
                        metadata={"env_id": "ReachTest-v0"})
     config = QSMConfig(**{**LEGACY, "num_envs": 2, "decisions_per_env": 16, "critic_hidden": [32, 32],
                           "batch_size": 32, "updates_per_decision": 0.25, "critic_warmup_iterations": 1, "tau": 0.05,
-                          "q_grad_coeff": 0.5, "actor_lr": 1e-3, "bc_coeff": 0.0})
+                          "q_grad_coeff": 0.5, "actor_lr": 1e-3, "bc_coeff": 0.0, "policy_delay": policy_delay})
     learners = []
     for _ in range(2):
         torch.manual_seed(1)
@@ -282,6 +282,9 @@ def test_optimized_update_matches_the_straightforward_one(kind, tmp_path):
         for key, value in want.items():
             assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (iteration, key)
     assert fast.generator.get_state().equal(slow.generator.get_state())  # the same random draws, in order
+    # TD3's delay: one actor step after every policy_delay-th critic step (8 critic steps in the actor iteration)
+    actor_steps = {int(state["step"]) for state in fast.actor_opt.state.values()}
+    assert actor_steps == {8 // policy_delay}
     for name in ("policy", "critic", "critic_target"):
         for (pname, a), (_, b) in zip(getattr(fast, name).state_dict().items(),
                                       getattr(slow, name).state_dict().items(), strict=True):
