@@ -180,8 +180,8 @@ def test_shipped_finetune_configs_are_valid():
 
     paths = sorted(Path("configs").glob("*/*.yaml"))
     finetune_paths = [p for p in paths if p.stem != "pretrain"]
-    # 4 locomotion tasks, OCBench block lite, Can, Square
-    assert len([p for p in finetune_paths if p.stem == "reinflow"]) == 7
+    # 4 locomotion tasks, OCBench block lite, Lift, Can, Square
+    assert len([p for p in finetune_paths if p.stem == "reinflow"]) == 8
     for path in finetune_paths:
         cfg = load_config(FinetuneConfig, path)
         assert cfg.algorithm == path.stem, path
