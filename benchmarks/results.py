@@ -68,6 +68,12 @@ SPECS = [
     Spec("QSM, first config (4× the gradient steps)", "qsm", "qsm_bc_utd025_{task}",
          budget=500_000, shipped=False),
     Spec("QSM, no BC term (first config)", "qsm", "qsm_{task}", ["algo.bc_coeff=0"], budget=500_000, shipped=False),
+    Spec("QSM, policy delay 2 (actor lr ×2)", "qsm", "qsm_delay2_{task}",
+         ["algo.policy_delay=2", "algo.actor_lr=2.4e-4", "runner.eval_every=3", "torch_threads=1"], budget=500_000,
+         shipped=False),
+    Spec("QSM, policy delay 2 + half the gradient steps", "qsm", "qsm_delay2_utd03125_{task}",
+         ["algo.policy_delay=2", "algo.updates_per_decision=0.03125", "algo.actor_lr=4.8e-4", "algo.critic_lr=1.2e-3",
+          "algo.tau=0.08", "runner.eval_every=3", "torch_threads=1"], budget=500_000, shipped=False),
     Spec("CFGRL online", "cfgrl", "cfgrl_online_{task}", ["algo.mode=online"], budget=300_000),
     Spec("Flow-GRPO", "grpo", "grpo_{task}", ["torch_threads=1"], seeds=[0, 1, 2, 3, 4],
          task_budgets={"walker2d": 1_000_000}, task_seeds={"walker2d": [0, 1, 2]}),
@@ -94,6 +100,13 @@ rate ×4, the critic's ×2 and the Polyak rate ×4, at about a third of the upda
 the 3-seed spread of the first config (on Walker2d it learns more slowly: see there). The BC start differs
 (≈ 51 vs 55) because the first config's runs predate the evaluation protocol in which episode k is seeded by
 seed + k (the same BC policy, other episodes).
+
+**Two cheaper QSM updates, measured and not shipped** (issue #18, item 3; [qsm_throughput.md](qsm_throughput.md)):
+TD3's policy delay 2 (one actor step per two critic steps, actor lr ×2) costs 1.78× ReinFlow's wall time per env
+step instead of the shipped 2.07×, and its curve stays within the seeds' spread after 100k but starts slower (first
+≥ 90 at 73k, 49k, 98k vs 61k, 48k, 36k); adding half the gradient steps per decision (0.03125, learning rates and
+Polyak rate ×2) reaches 1.47× but sits ≈ 10 points lower between 200k and 400k (80.9 ± 2.6 vs 91.1 ± 4.2, means
+of each 100k window) and, on Walker2d seed 0, 9 points lower at 400–500k.
 """,
     "walker2d": """
 **Walker2d.** Flow-GRPO and FPO++ run the Hopper configs unchanged but for the env and policy (nothing tuned
