@@ -56,6 +56,10 @@ SIGMA_MIN_FRACTION = 0.4  # ReinFlow's σ_min as a fraction of σ_max (the shipp
 Q_STEP_FRACTION = 1 / 6
 RAW_Q_GRAD_COEFF = 0.1  # α on the raw ∇Q (q_grad_normalize: false), the Hopper configs' value
 PROBE_EPISODES = 16
+# a probe whose noiseless score has a standard error above this fraction of its span cannot resolve a 50 % drop
+# (from their 20- or 100-episode returns, over 16 episodes: robomimic Square BC (0.20) 0.5, the 10-demo Lift BC (0.45)
+# 0.5; Can BC (0.85) 0.12, InvertedDoublePendulum BC 0.14)
+NOISY_BASELINE = 0.25
 
 
 class ConstantNoise(Sampler):
@@ -125,6 +129,12 @@ def probe_noise_tolerance(policy: Policy, env_id: str, where: str, K: int, seed:
         random_return = random_policy_return(env_id, episodes=10, seed=seed, options=env_options, **env_kwargs)[0]
     returns, kept = {0.0: base_return}, {}
     span = base_return - random_return
+    base_sem = float(np.std(baseline[0], ddof=1) / np.sqrt(len(baseline[0]))) if len(baseline[0]) > 1 else 0.0
+    if span > 0 and base_sem > NOISY_BASELINE * span:  # e.g. a weak policy on a sparse reward: 3 successes of 16
+        warnings.warn(f"{env_id}: the BC policy's probe score is too noisy to measure its noise tolerance (standard "
+                      f"error {base_sem:.3g} = {100 * base_sem / span:.0f}% of its score above random, over "
+                      f"{len(baseline[0])} episodes): the chosen σ may be far too small; set it explicitly "
+                      "(docs/new_task.md, 'Adapting a config by hand')", stacklevel=2)
     chosen = None
     deterministic = policy.make_sampler(K=K)
     for sigma in grid:  # ascending: stop at the first level that loses too much (a noisy fluke errs low)

@@ -4,6 +4,7 @@ reference scores from a dataset, and a run that measures its settings once and k
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -243,3 +244,17 @@ def test_the_default_run_directory_names_the_algorithm_and_env_given_as_override
             "runner.eval_every=0", "runner.eval_episodes=2", "runner.progress=false", "torch_threads=1"]
     assert main(["finetune", "--policy", str(reach_policy), "algorithm=qsm", *tiny]) == 0
     assert (tmp_path / "runs" / "finetune" / "ReachTest-v0-qsm" / "summary.json").is_file()
+
+
+def test_a_probe_too_noisy_to_resolve_the_drop_warns(reach_policy, monkeypatch):
+    """A weak policy on a sparse reward (3 successes of 16, as robomimic Square's BC): the noiseless score's
+    standard error is half its span, so the σ the probe picks means nothing — it says so."""
+    policy, _ = load_policy(reach_policy)
+    scripted_probe(monkeypatch, {0.0075: 100.0, 0.015: 100.0, 0.03: 100.0, 0.06: 100.0, 0.12: 100.0, 0.24: 100.0})
+    sparse = ([100.0] * 3 + [0.0] * 13, [10] * 16)  # mean 18.75, standard error ≈ 10 (53 % of the span)
+    with pytest.warns(UserWarning, match="too noisy to measure its noise tolerance"):
+        probe_noise_tolerance(policy, "ReachTest-v0", "chain", K=2, random_return=0.0, baseline=sparse)
+    steady = ([100.0] * 8 + [90.0] * 8, [10] * 16)  # a dense task: standard error 1.3 % of the span
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probe_noise_tolerance(policy, "ReachTest-v0", "chain", K=2, random_return=0.0, baseline=steady)
