@@ -28,6 +28,7 @@ import numpy as np
 from envs.evaluation import evaluate_agent
 from envs.registry import get_task, with_reference_scores
 from flowpolicy.agent import load_agent
+from flowpolicy.checkpoint import CheckpointError
 
 
 def policy_dirs(paths: list[str]) -> list[Path]:
@@ -58,7 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     for path in [Path(p) for p in args.policies] + policy_dirs(args.runs):
-        agent = load_agent(path, seed=args.seed)
+        try:
+            agent = load_agent(path, seed=args.seed)
+        except CheckpointError as err:
+            raise SystemExit(str(err)) from None
         env_id = agent.metadata["env_id"]
         start = time.time()
         options, env_kwargs = agent.metadata.get("env_options"), agent.metadata.get("env_kwargs") or {}
@@ -71,7 +75,7 @@ def main() -> None:
                       "time_limit_episodes": int(sum(n >= task.max_episode_steps for n in summary.lengths))}
             line = f"return {summary.return_mean:.1f} ± {summary.return_sem:.1f}"
             if task.has_reference_scores:
-                score, unit = task.normalized_score(summary.return_mean), 100 / (task.expert_score - task.random_score)
+                score, unit = summary.normalized_score, 100 / (task.expert_score - task.random_score)
                 entry |= {"normalized_score": score, "normalized_sem": summary.return_sem * unit}
                 line += f", normalized {score:.1f} ± {summary.return_sem * unit:.1f}"
         else:

@@ -20,7 +20,7 @@ from pathlib import Path
 from agents.autoscale import ConstantNoise
 from envs.evaluation import evaluate_agent
 from flowpolicy.agent import Agent
-from flowpolicy.checkpoint import load_policy
+from flowpolicy.checkpoint import CheckpointError, load_policy
 
 
 def main() -> None:
@@ -33,7 +33,10 @@ def main() -> None:
     parser.add_argument("--where", choices=["chain", "action"], default="chain")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    policy, metadata = load_policy(args.policy)
+    try:
+        policy, metadata = load_policy(args.policy)
+    except CheckpointError as err:
+        raise SystemExit(str(err)) from None
     env_id = args.env or metadata["env_id"]
     sampler = ConstantNoise(policy.make_sampler(), args.sigma, last_only=args.where == "action")
     outcomes = {}
