@@ -1,4 +1,4 @@
-"""The shipped robomimic BC policies (data/policies/{lift,can,square}-flow-bc, lift-flow-bc-10demos) load and
+"""The shipped robomimic BC policies (data/policies/{lift,can,square}-flow-bc, lift-flow-bc-{10,20}demos) load and
 act on their env's observation. Fast: one reset and a few steps, never a full evaluation (their success rates are in
 data/cards/robomimic-scripted.md)."""
 import warnings
@@ -11,6 +11,7 @@ from flowpolicy import load_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [("lift-flow-bc", "RobomimicLift-v0", 19), ("lift-flow-bc-10demos", "RobomimicLift-v0", 19),
+           ("lift-flow-bc-20demos", "RobomimicLift-v0", 19),
            ("can-flow-bc", "RobomimicCan-v0", 23),
            ("square-flow-bc", "RobomimicSquare-v0", 23)]
 
