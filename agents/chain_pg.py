@@ -80,6 +80,8 @@ class GRPOConfig:
         "flow_sde", "flow_sde (Flow-GRPO) | cps (Flow-CPS) for flow policies; ddim (DDPO) for diffusion policies")
     a: float | None = param(None, "flow_sde only: noise scale a (null: 0.7)", ge=0)
     eta: float | None = param(None, "cps: noise angle η (null: 0.8); ddim: DDIM's η (null: 1.0)", ge=0, le=1)
+    min_std: float = param(0.0, "ddim only: floor on every denoising step's σ in rollouts and the loss (DPPO's "
+                                "min sampling/log-prob std, 0.1 on robomimic); 0: none", ge=0)
     estimator: Estimator = param(
         "ppo", "ppo: clipped per-step ratios over epochs; reinforce: DDPO_SF, one on-policy step per batch")
     advantages: Literal["group", "batch", "gae"] = param(
@@ -114,6 +116,8 @@ class GRPOConfig:
             raise ConfigError(f"{unused} does not apply to sampler {self.sampler} (it takes {used})")
         if getattr(self, used) is None:
             setattr(self, used, default)
+        if self.min_std and self.sampler != "ddim":
+            raise ConfigError(f"min_std applies to the ddim sampler only (sampler is {self.sampler})")
         if self.advantages != "gae":
             defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
                         for f in dataclasses.fields(self) if f.name in GAE_ONLY}
@@ -176,6 +180,8 @@ class ChainPGLearner(OnPolicyLearner):
         pc = policy.config
         self.K, self.D = adopt_training_K(policy, config.K), pc.chunk_dim
         params = {"a": config.a} if config.sampler == "flow_sde" else {"eta": config.eta}
+        if config.min_std:
+            params["min_std"] = config.min_std
         self.sampler = policy.make_sampler(config.sampler, K=self.K, **params)
         steps = range(self.K) if config.train_steps is None else config.train_steps
         if any(not 0 <= k < self.K for k in steps):

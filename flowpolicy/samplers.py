@@ -239,11 +239,15 @@ class CPSSampler(Sampler):
 
 
 class DDIMSampler(Sampler):
-    """DDIM-η for ε-prediction models on the chain index (ᾱ rises from k to k+1; ᾱ_K = 1)."""
+    """DDIM-η for ε-prediction models on the chain index (ᾱ rises from k to k+1; ᾱ_K = 1).
+
+    ``min_std``: DPPO's exploration floor — every step's σ is max(σ_η, min_std), including the last step, which
+    η alone leaves deterministic; the mean stays DDIM-η's. The transition is still an exact Gaussian, so the
+    per-step likelihoods stay exact (of the floored chain)."""
 
     name = "ddim"
 
-    def __init__(self, eta: float = 1.0, alphas_cumprod: torch.Tensor | None = None):
+    def __init__(self, eta: float = 1.0, alphas_cumprod: torch.Tensor | None = None, min_std: float = 0.0):
         if alphas_cumprod is None:
             raise ValueError("the ddim sampler needs alphas_cumprod (K+1 values, small at k=0, 1 at k=K)")
         if not 0.0 <= eta <= 1.0:
@@ -255,7 +259,10 @@ class DDIMSampler(Sampler):
             # ᾱ_K = 1 makes the last step deterministic (an almost-1 value gives it a tiny σ and a log-prob
             # dominated by rounding); ᾱ_{K−1} = 1 as well would make its variance 0/0
             raise ValueError("alphas_cumprod must rise from > 0 at k=0 to exactly 1 at k=K (and < 1 before)")
+        if not min_std >= 0.0:
+            raise ConfigError(f"ddim min_std must be ≥ 0, got {min_std}")
         self.eta = float(eta)
+        self.min_std = float(min_std)
         self.alphas_cumprod = alphas
 
     def transition(self, model_fn, x, k, K, obs):
@@ -269,7 +276,7 @@ class DDIMSampler(Sampler):
         var = var.clamp(min=0.0)
         x0_hat = (x - (1.0 - a_now).sqrt().to(x.dtype) * eps_hat) / a_now.sqrt().to(x.dtype)
         mean = a_next.sqrt().to(x.dtype) * x0_hat + (1.0 - a_next - var).clamp(min=0.0).sqrt().to(x.dtype) * eps_hat
-        return mean, var.sqrt().to(x.dtype)
+        return mean, var.sqrt().clamp(min=self.min_std).to(x.dtype)
 
 
 SAMPLERS: dict[str, type[Sampler]] = {
@@ -279,7 +286,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
 
 def make_sampler(name: str, **params) -> Sampler:
     """Build a sampler by name: ``ode``, ``reinflow`` (noise_fn), ``flow_sde`` (a), ``cps`` (eta),
-    ``ddim`` (eta, alphas_cumprod)."""
+    ``ddim`` (eta, alphas_cumprod, min_std)."""
     try:
         cls = SAMPLERS[name]
     except KeyError:

@@ -120,6 +120,14 @@ def test_ddpo_configs_use_ddim_on_diffusion_policies_and_refuse_flows(reach_poli
     assert DDPOSFConfig().estimator == "reinforce" and DDPOSFConfig().update_epochs == 1
     with pytest.raises(ValueError, match="does not apply to a flow policy"):
         make_learner(reach_policy, sampler="ddim")
+    with pytest.raises(ValueError, match="min_std applies to the ddim sampler only"):
+        GRPOConfig(sampler="cps", min_std=0.1)
+
+
+def test_ddpo_min_std_reaches_the_rollout_sampler(reach_diffusion_policy):
+    """algo.min_std floors the rollout chains' σ: with η = 0 every step becomes stochastic at exactly the floor."""
+    learner = make_learner(reach_diffusion_policy, sampler="ddim", eta=0.0, min_std=0.2)
+    assert learner.sampler.min_std == 0.2 and bool(learner.trained_steps.all())
 
 
 @pytest.mark.parametrize("bad", [{"kl_coef": 0.1}, {"update_epochs": 4}])

@@ -303,3 +303,28 @@ def test_ddim_refuses_schedules_that_break_its_last_step(alphas):
     """ᾱ_K must be exactly 1 (a deterministic last step), ᾱ_{K−1} < 1 (else 0/0), and ᾱ non-decreasing from > 0."""
     with pytest.raises(ValueError, match="alphas_cumprod"):
         make_sampler("ddim", eta=1.0, alphas_cumprod=torch.tensor(alphas, dtype=torch.float64))
+
+
+def test_ddim_min_std_floors_every_step_and_keeps_the_mean():
+    """DPPO's exploration floor: σ_k = max(σ_η,k, floor) on every step (the last one too, which η leaves at 0), the
+    means are DDIM-η's, and each step's log-prob is the Gaussian one of the floored σ (exact likelihoods)."""
+    from flowpolicy.config import ConfigError
+
+    K, floor, B = 6, 0.5, 4
+    alphas = cosine_alphas_cumprod(time_grid(K, dtype=torch.float64))
+    v = gaussian_epsilon(M, S, cosine_alphas_cumprod)
+    cond = torch.zeros(B, 1).double()
+    plain = make_sampler("ddim", eta=1.0, alphas_cumprod=alphas)
+    floored = make_sampler("ddim", eta=1.0, alphas_cumprod=alphas, min_std=floor)
+    chain = floored.sample(v, cond, torch.randn(B, 3, generator=torch.Generator().manual_seed(0)).double(), K)
+    x_next, mean, std = floored.step_distributions(v, cond, chain.xs, K)
+    _, plain_mean, plain_std = plain.step_distributions(v, cond, chain.xs, K)
+    torch.testing.assert_close(mean, plain_mean, rtol=0, atol=0)
+    std, plain_std = (torch.as_tensor(t).expand_as(mean).reshape(B, K, -1) for t in (std, plain_std))
+    torch.testing.assert_close(std, plain_std.clamp(min=floor), rtol=0, atol=0)
+    assert torch.all(plain_std[:, -1] == 0) and torch.all(std[:, -1] == floor)
+    assert torch.any(plain_std[:, :-1] > floor) and torch.any(plain_std[:, :-1] < floor)  # the floor binds somewhere
+    expected = Normal(mean, std.reshape(B * K, -1)).log_prob(x_next).sum(-1).reshape(B, K)
+    torch.testing.assert_close(chain.log_probs, expected)
+    with pytest.raises(ConfigError, match="min_std"):
+        make_sampler("ddim", eta=1.0, alphas_cumprod=alphas, min_std=-0.1)
