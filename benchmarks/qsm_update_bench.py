@@ -1,5 +1,6 @@
 """Milliseconds per QSM gradient step at the shipped Hopper config (actor active, BC term on), one thread
-unless --threads; config overrides after the options (e.g. algo.policy_delay=2).
+unless --threads; config overrides after the options (e.g. algo.policy_delay=2); --matmul-precision bf16 measures
+oneDNN's bfloat16 matmuls (docs/qsm_throughput.md, option 6).
 
     PYTHONPATH=. python benchmarks/qsm_update_bench.py --steps 32 --reps 7
 
@@ -31,9 +32,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--label", default="")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the update")
+    parser.add_argument("--matmul-precision", choices=["ieee", "bf16"], default="ieee",
+                        help="bf16: oneDNN runs the fp32 matmuls in bfloat16 (fast only on CPUs with AVX512-BF16/AMX)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. algo.policy_delay=2")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.matmul_precision == "bf16":
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
     algo = from_dict(QSMConfig, cfg.algo)
     learner = QSMLearner(load_policy(cfg.policy)[0], cfg.env_id, algo, total_iterations=100, seed=0)
@@ -48,7 +53,8 @@ def main() -> None:
         times.append(1e3 * (time.perf_counter() - tick) / args.steps)
     result = {"label": args.label, "ms_per_gradient_step_median": statistics.median(times),
               "ms_per_gradient_step": [round(t, 2) for t in times], "steps": args.steps,
-              "threads": args.threads, "overrides": args.overrides}
+              "threads": args.threads, "matmul_precision": args.matmul_precision,
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "overrides": args.overrides}
     print(json.dumps(result))
     learner.envs.close()
 
